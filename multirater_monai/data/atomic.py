@@ -1,0 +1,84 @@
+"""Write files and folders so that a failure never leaves half-written output behind.
+
+Everything is first written next to its destination (same file system, so the final
+``os.replace`` is atomic) under a hidden temporary name, and renamed only once complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import MultiRaterDataError
+
+__all__ = ["atomic_write_text", "atomic_write_json", "atomic_output_dir"]
+
+# A folder holding this file is a prepared data set; ``overwrite=True`` may replace such a
+# folder, but never one that does not look like ours.
+DATALIST_NAME = "datalist.json"
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> str:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return str(path)
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> str:
+    """Serialise ``obj`` fully first (so an unserialisable value fails before any write), then write atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+@contextmanager
+def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder that becomes ``out_dir`` when the block finishes without error.
+
+    On error the temporary folder is removed and ``out_dir`` is left as it was.
+    ``out_dir`` may not exist yet or be empty; a non-empty ``out_dir`` is replaced only when
+    ``overwrite`` is True *and* it holds a ``datalist.json`` (a data set prepared before),
+    so a user's unrelated folder is never deleted.
+    """
+    out_dir = Path(out_dir).absolute()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MultiRaterDataError(f"{out_dir} exists and is a file; fix: choose another output folder.")
+    non_empty = out_dir.is_dir() and any(out_dir.iterdir())
+    if non_empty and not (overwrite and (out_dir / DATALIST_NAME).is_file()):
+        why = "pass overwrite=True, on the command line --overwrite, to replace it" if (out_dir / DATALIST_NAME).is_file() else "it is not a prepared data set"
+        raise MultiRaterDataError(
+            f"{out_dir} exists and is not empty; fix: choose an empty or new output folder ({why})."
+        )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".partial"))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the data set is an ordinary folder
+    try:
+        yield tmp
+        if out_dir.is_dir():
+            # swap: move the old folder aside first so that out_dir is never missing its datalist
+            # while half of the new data set is in place
+            old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".old"))
+            os.rmdir(old)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,79 @@
+"""Trainer for methods with a multi-rater training objective.
+
+MONAI's ``SupervisedTrainer`` computes ``loss_function(network(image), label)``. The multi-rater
+methods need the whole batch (image, rater stack, rater mask) and return several named loss terms
+(``network.training_objective(image, label, rater_mask) -> {"loss": ..., "kl": ..., ...}``, see
+docs/DESIGN.md section 3). This trainer calls that objective, back-propagates ``"loss"``, steps the
+optimizer and puts every term into ``engine.state.output`` as a detached float, so
+
+    StatsHandler(output_transform=from_engine(["loss"], first=True))
+    StatsHandler(output_transform=lambda out: {k: out[0][k] for k in ("kl", "seg", "bound")})
+
+log them like any MONAI loss. The output also holds ``image`` and ``label``; there is no ``pred``
+(the objective may decode posterior samples, not the inference output), so no ``postprocessing`` or
+train metric should read it.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.utils import CommonKeys as Keys
+
+__all__ = ["MultiRaterTrainer"]
+
+
+class MultiRaterTrainer(SupervisedTrainer):
+    """``SupervisedTrainer`` whose iteration runs ``network.training_objective``.
+
+    Args:
+        rater_mask_key: key of the (B, R) bool mask in the batch; absent -> every rater present.
+        loss_function: unused (the network's objective is the loss); defaults to None.
+        All other arguments are those of :class:`monai.engines.SupervisedTrainer`. ``optimizer`` should
+        hold ``network.parameters_to_train()``.
+    """
+
+    def __init__(self, *args, loss_function=None, rater_mask_key: str = "rater_mask", **kwargs) -> None:
+        super().__init__(*args, loss_function=loss_function, **kwargs)
+        self.rater_mask_key = rater_mask_key
+
+    def _iteration(self, engine: SupervisedTrainer, batchdata: dict) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        inputs, targets = batch[0], batch[1]
+        mask = batchdata.get(self.rater_mask_key) if isinstance(batchdata, dict) else None
+        if mask is not None:
+            mask = torch.as_tensor(mask).to(device=targets.device, dtype=torch.bool)
+        network = engine.network
+        objective = network.training_objective if hasattr(network, "training_objective") else None
+        if objective is None:
+            raise TypeError(
+                f"{type(network).__name__} has no training_objective(image, label, rater_mask); use MONAI's "
+                "SupervisedTrainer with a loss_function for such networks."
+            )
+
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+        network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        if engine.amp and engine.scaler is not None:
+            with torch.autocast("cuda", **engine.amp_kwargs):
+                terms = objective(inputs, targets, mask)
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            engine.fire_event(IterationEvents.LOSS_COMPLETED)
+            engine.scaler.scale(terms["loss"]).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
+        else:
+            terms = objective(inputs, targets, mask)
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            engine.fire_event(IterationEvents.LOSS_COMPLETED)
+            terms["loss"].backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.optimizer.step()
+        for name, value in terms.items():
+            engine.state.output[name] = float(value.detach())
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output

@@ -1,0 +1,22 @@
+"""Networks: U-Net feature backbone, Gaussian latent encoders, latent-combining head, methods."""
+
+from .backbone import BACKBONE_ENCODERS, UNetFeatureBackbone
+from .dpersona import OUTPUT_MODES, DPersona
+from .gaussian_encoder import AxisAlignedGaussianEncoder
+from .latent_head import LatentCombiningHead
+from .prob_unet import ProbabilisticUNet, build_latent_parts, check_multirater_batch, random_present_rater
+from .rater_projection import RaterProjectionHeads
+
+__all__ = [
+    "BACKBONE_ENCODERS",
+    "UNetFeatureBackbone",
+    "AxisAlignedGaussianEncoder",
+    "LatentCombiningHead",
+    "RaterProjectionHeads",
+    "ProbabilisticUNet",
+    "DPersona",
+    "OUTPUT_MODES",
+    "build_latent_parts",
+    "check_multirater_batch",
+    "random_present_rater",
+]

@@ -1,0 +1,263 @@
+"""D-Persona (Wu et al., CVPR 2024): diversified (Stage I) then personalized (Stage II) segmentation.
+
+Stage I (``stage=1``) is a Probabilistic U-Net trained with the bound-constrained loss (eqs. 2-6):
+
+    L_stage1 = beta_kl * KL(q || p) + alpha * Dice(P_post, A_random) + beta * L_bound
+               (+ l2_weight * L2, Kohl et al.)
+
+where ``P_post`` decodes a posterior sample, ``A_random`` is a random PRESENT rater, and
+``L_bound`` (:class:`~multirater_monai.losses.BoundLoss`) compares the intersection/union of K prior
+samples with those of the present annotations. Paper values: alpha 1, beta 0.5, K 10, D 6.
+(Eq. 2 writes KL(prior, posterior); we use the usual KL(posterior || prior) of Kohl et al.)
+
+Stage II (``stage=2``, or :meth:`start_stage2` after Stage I) trains only the per-rater projection
+heads (eqs. 7-9): rater i's query ``q_i = GAP(F_i^proj(features))`` attends over a bank of M samples
+of the FROZEN prior ``z_m = mu(X) + sigma(X) * eps_m`` (key = value = bank, eq. 8):
+
+    z~_i = softmax(q_i^T Z) Z^T,      P_i = head(features, z~_i)
+
+and the loss is ``sum over raters i of the batch-mean Dice(P_i, A_i) over samples where rater i is
+present``. Backbone and prior run under ``torch.no_grad`` and in eval mode (BatchNorm statistics do
+not move); the frozen head is differentiated only with respect to its input code.
+
+Inference ``forward(image)`` returns logits ``(B, S, *sp)``: S prior samples when
+``output_mode == "samples"`` (Stage I default) or R personalized outputs when
+``output_mode == "personalized"`` (Stage II default). Both noise sets (S sample codes, M bank codes)
+are fixed buffers drawn from ``sample_seed`` (see :class:`ProbabilisticUNet`); during Stage II
+training a fresh bank is drawn at every step, as the paper samples the bank from the prior.
+
+The module tree (``backbone``, ``prior``, ``posterior``, ``head``, ``rater_heads``) is the same in both
+stages, so a Stage II network loads the Stage I checkpoint with ``strict=True``.
+
+TorchScript: ``torch.jit.trace(net.eval(), image)`` works for both encoders and is the tested
+export path (use ``ckpt_export --use_trace``); ``torch.jit.script`` also works with
+``encoder="small"`` but not with ``"resnet34"`` (MONAI's ResNet blocks are not scriptable). A trace
+records the current ``output_mode``: export each mode separately if both are wanted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from monai.losses import DiceLoss
+from torch import nn
+
+from ..losses.bound_loss import BoundLoss
+from .gaussian_encoder import AxisAlignedGaussianEncoder
+from .latent_head import LatentCombiningHead
+from .prob_unet import ProbabilisticUNet, _noise, build_latent_parts, check_multirater_batch, random_present_rater
+from .rater_projection import RaterProjectionHeads
+
+__all__ = ["DPersona", "OUTPUT_MODES"]
+
+OUTPUT_MODES = ("samples", "personalized")
+
+
+class DPersona(ProbabilisticUNet):
+    """D-Persona network; see the module docstring.
+
+    Args:
+        backbone, prior, posterior, head: as :class:`ProbabilisticUNet`.
+        rater_heads: :class:`RaterProjectionHeads` with ``num_raters`` heads.
+        latent_dim: D (paper: 6).
+        num_samples: S, samples returned in ``"samples"`` mode.
+        bank_size: M, prior bank size of Stage II (paper: 100).
+        num_bound_samples: K, prior samples of the bound loss (paper: 10).
+        alpha: weight of the random-rater Dice (paper: 1).
+        beta: weight of the bound loss (paper: 0.5).
+        beta_kl: weight of the KL term (paper: 1).
+        l2_weight: L2 penalty on the trained parameters of the current stage.
+        seg_loss: Stage I loss on ``(logits (B, 1, *sp), target (B, 1, *sp))``; default Dice.
+        bound_loss: default :class:`BoundLoss`.
+        stage: 1 or 2 (2 freezes everything but ``rater_heads`` at construction).
+        output_mode: ``"samples"`` or ``"personalized"``; default by stage.
+        sample_seed: seed of the fixed inference noise (None: fresh noise every call).
+    """
+
+    __jit_unused_properties__ = ["num_samples", "bank_size"]
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        prior: AxisAlignedGaussianEncoder,
+        posterior: AxisAlignedGaussianEncoder,
+        head: LatentCombiningHead,
+        rater_heads: RaterProjectionHeads,
+        latent_dim: int = 6,
+        num_samples: int = 16,
+        bank_size: int = 100,
+        num_bound_samples: int = 10,
+        alpha: float = 1.0,
+        beta: float = 0.5,
+        beta_kl: float = 1.0,
+        l2_weight: float = 1e-5,
+        seg_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        bound_loss: Callable[..., torch.Tensor] | None = None,
+        stage: int = 1,
+        output_mode: str | None = None,
+        sample_seed: int | None = 0,
+    ) -> None:
+        super().__init__(
+            backbone, prior, posterior, head, latent_dim=latent_dim, num_raters=rater_heads.num_raters,
+            num_samples=num_samples, beta_kl=beta_kl, l2_weight=l2_weight, seg_loss=seg_loss,
+            sample_seed=sample_seed,
+        )
+        if rater_heads.latent_dim != latent_dim:
+            raise ValueError(f"rater_heads must produce latent_dim={latent_dim} queries.")
+        if stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {stage}.")
+        self.rater_heads = rater_heads
+        self.num_bound_samples = int(num_bound_samples)
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self._losses["bound"] = bound_loss if bound_loss is not None else BoundLoss()
+        self._losses["rater_dice"] = DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5, reduction="none")
+        # a different stream from the sample noise, so bank and samples are not the same codes
+        bank_seed = None if sample_seed is None else int(sample_seed) + 1
+        self.register_buffer("bank_noise", _noise(bank_size, latent_dim, bank_seed), persistent=False)
+        self.stage = 1
+        self.output_mode = "samples"
+        if stage == 2:
+            self.start_stage2()
+        if output_mode is not None:
+            self.set_output_mode(output_mode)
+
+    @classmethod
+    def build(
+        cls,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        num_raters: int = 4,
+        encoder: str = "small",
+        feature_channels: int = 16,
+        backbone_channels: Sequence[int] = (16, 32, 64, 128),
+        latent_dim: int = 6,
+        prior_channels: Sequence[int] | None = None,
+        convs_per_block: int | None = None,
+        head_hidden: int = 16,
+        head_convs: int = 3,
+        projection_hidden: int = 32,
+        projection_strides: Sequence[int] = (2, 2),
+        **kwargs: Any,
+    ) -> DPersona:
+        """The whole network from plain arguments; ``kwargs`` go to the constructor (``num_samples``,
+        ``bank_size``, ``num_bound_samples``, ``alpha``, ``beta``, ``beta_kl``, ``l2_weight``, ``stage``,
+        ``output_mode``, ``sample_seed``, ...). Paper configuration: ``encoder="resnet34"``,
+        ``latent_dim=6``, ``num_bound_samples=10``, ``bank_size=100``."""
+        parts = build_latent_parts(
+            spatial_dims, in_channels, num_raters, encoder, feature_channels, backbone_channels, latent_dim,
+            prior_channels, convs_per_block, head_hidden, head_convs, 1,
+        )
+        rater_heads = RaterProjectionHeads(
+            feature_channels, latent_dim, num_raters, projection_hidden, projection_strides, spatial_dims
+        )
+        return cls(**parts, rater_heads=rater_heads, latent_dim=latent_dim, **kwargs)
+
+    # ------------------------------------------------------------------ stage control
+    @property
+    def bank_size(self) -> int:
+        return int(self.bank_noise.shape[0])
+
+    def set_output_mode(self, output_mode: str) -> None:
+        if output_mode not in OUTPUT_MODES:
+            raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}.")
+        self.output_mode = output_mode
+
+    def set_sampling(self, num_samples: int | None = None, sample_seed: Any = ..., bank_size: int | None = None) -> None:
+        """As :meth:`ProbabilisticUNet.set_sampling`, plus the Stage II bank size M."""
+        if sample_seed is ...:
+            super().set_sampling(num_samples)
+        else:
+            super().set_sampling(num_samples, sample_seed)
+        bank_seed = None if self.sample_seed is None else int(self.sample_seed) + 1
+        rows = self.bank_size if bank_size is None else int(bank_size)
+        self.bank_noise = _noise(rows, self.latent_dim, bank_seed, like=self.bank_noise)
+
+    def start_stage2(self) -> DPersona:
+        """Freeze everything but the projection heads; personalized outputs from now on."""
+        self.stage = 2
+        self.output_mode = "personalized"
+        for name, param in self.named_parameters():
+            param.requires_grad_(name.startswith("rater_heads."))
+        return self.train(self.training)
+
+    def parameters_to_train(self) -> list[nn.Parameter]:
+        """Stage I: all but the projection heads; Stage II: the projection heads only."""
+        if self.stage == 2:
+            return list(self.rater_heads.parameters())
+        return [p for n, p in self.named_parameters() if not n.startswith("rater_heads.")]
+
+    def train(self, mode: bool = True) -> DPersona:
+        super().train(mode)
+        if getattr(self, "stage", 1) == 2:
+            # frozen parts stay in eval mode: BatchNorm statistics must not drift in Stage II
+            for module in (self.backbone, self.prior, self.posterior, self.head):
+                module.eval()
+        return self
+
+    # ------------------------------------------------------------------ inference
+    def _personalized_codes(
+        self, features: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor, bank_noise: torch.Tensor
+    ) -> torch.Tensor:
+        """Eq. 7-8: ``(B, R, D)`` codes, each a softmax-weighted mix of the ``(B, M, D)`` prior bank."""
+        queries = self.rater_heads(features)  # (B, R, D)
+        bank = mu.unsqueeze(1) + torch.exp(log_sigma).unsqueeze(1) * bank_noise.unsqueeze(0)  # (B, M, D)
+        attention = torch.softmax(torch.bmm(queries, bank.transpose(1, 2)), dim=-1)  # (B, R, M)
+        return torch.bmm(attention, bank)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(image)
+        mu, log_sigma = self.prior.encode(image)
+        if self.output_mode == "personalized":
+            noise = self.bank_noise
+            if self.random_sampling:
+                noise = torch.randn_like(noise)
+            codes = self._personalized_codes(features, mu, log_sigma, noise)
+        else:
+            codes = self._prior_codes(mu, log_sigma, self.sample_noise)
+        return self.head(features, codes)
+
+    # ------------------------------------------------------------------ training
+    def training_objective(
+        self, image: torch.Tensor, label: torch.Tensor, rater_mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Stage I: ``loss, kl, seg, bound, bound_inter, bound_union, l2``.
+        Stage II: ``loss, seg_personalized, seg_rater1..R, l2``."""
+        label, rater_mask = check_multirater_batch(image, label, rater_mask, self.num_raters)
+        if self.stage == 2:
+            return self._stage2_objective(image, label, rater_mask)
+        post_logits, prior_logits, kl = self._latent_terms(image, label, rater_mask, self.num_bound_samples)
+        seg = self._losses["seg"](post_logits, random_present_rater(label, rater_mask))
+        if prior_logits is not None:
+            bound_inter, bound_union = self._losses["bound"].terms(prior_logits, label, rater_mask)
+        else:  # K = 0: plain Probabilistic U-Net
+            bound_inter = bound_union = torch.zeros((), device=image.device)
+        bound = bound_inter + bound_union
+        l2 = self.l2_penalty()
+        loss = self.beta_kl * kl + self.alpha * seg + self.beta * bound + self.l2_weight * l2
+        return {
+            "loss": loss, "kl": kl, "seg": seg, "bound": bound,
+            "bound_inter": bound_inter, "bound_union": bound_union, "l2": l2,
+        }
+
+    def _stage2_objective(
+        self, image: torch.Tensor, label: torch.Tensor, rater_mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        with torch.no_grad():  # frozen: no graph through backbone and prior
+            features = self.backbone(image)
+            mu, log_sigma = self.prior.encode(image)
+        bank_noise = torch.randn_like(self.bank_noise)
+        codes = self._personalized_codes(features, mu, log_sigma, bank_noise)
+        logits = self.head(features, codes)  # (B, R, *sp); the gradient flows through the code only
+        dice = self._losses["rater_dice"](logits, label).flatten(1)  # (B, R)
+        present = rater_mask.to(dice.dtype)
+        per_rater = (dice * present).sum(0) / present.sum(0).clamp(min=1.0)  # batch mean over present
+        seg = per_rater.sum()
+        l2 = self.l2_penalty()
+        terms = {"loss": seg + self.l2_weight * l2, "seg_personalized": seg}
+        for i in range(self.num_raters):
+            terms[f"seg_rater{i + 1}"] = per_rater[i]
+        terms["l2"] = l2
+        return terms

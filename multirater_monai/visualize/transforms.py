@@ -1,0 +1,49 @@
+"""A post-processing transform that writes the overlay PNG of one inference item."""
+
+from __future__ import annotations
+
+import os
+
+from monai.transforms import Transform
+
+from .overlay import save_overlay_png
+
+__all__ = ["SaveOverlayPNGd"]
+
+
+class SaveOverlayPNGd(Transform):
+    """Write ``<output_dir>/<image name>_overlay.png`` for one decollated item and return it unchanged.
+
+    Args:
+        output_dir: folder for the PNGs.
+        image_key / pred_key: the item's image (C, H, W) and outputs (S, H, W) probabilities or masks.
+        label_key / rater_mask_key: drawn as rater contours when the item has them.
+        output_names: legend labels of the outputs (e.g. rater names for personalized outputs).
+    """
+
+    def __init__(self, output_dir: str, image_key: str = "image", pred_key: str = "pred", label_key: str = "label",
+                 rater_mask_key: str = "rater_mask", output_names=None) -> None:
+        self.output_dir = output_dir
+        self.image_key, self.pred_key = image_key, pred_key
+        self.label_key, self.rater_mask_key = label_key, rater_mask_key
+        self.output_names = output_names
+
+    def __call__(self, data: dict) -> dict:
+        image = data[self.image_key]
+        source = str(getattr(image, "meta", {}).get("filename_or_obj", "image"))
+        name = os.path.basename(source)
+        for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".dcm"):
+            if name.endswith(suffix):
+                name = name[: -len(suffix)]
+                break
+        label = data.get(self.label_key)
+        save_overlay_png(
+            os.path.join(self.output_dir, f"{name}_overlay.png"),
+            image[0],
+            raters=label if label is not None and getattr(label, "ndim", 0) == 3 else None,
+            outputs=data[self.pred_key],
+            rater_mask=data.get(self.rater_mask_key),
+            output_names=self.output_names,
+            title=name,
+        )
+        return data

@@ -1,0 +1,150 @@
+"""The project's model-zoo index (``model_zoo.json``): one entry per bundle.
+
+Each entry carries the bundle's name, version, method and paper (from its ``metadata.json``),
+its path, the sha1 of a reproducible zip of the bundle's committed files, and the metrics of
+the reference run (``docs/reference_metrics.json``, written by the evaluation run).
+
+Rebuild after changing a bundle::
+
+    python -m multirater_monai.zoo record bundles/NAME "note"   # eval/metrics.json -> docs/reference_metrics.json
+    python -m multirater_monai.zoo build          # rewrite model_zoo.json
+    python -m multirater_monai.zoo check          # exit 1 if model_zoo.json is stale
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+import zipfile
+from pathlib import Path
+
+__all__ = ["REPO_ROOT", "bundle_files", "bundle_zip_bytes", "build_index", "write_index", "check_index", "record_reference_metrics"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+INDEX_NAME = "model_zoo.json"
+# What a bundle ships: configs and docs. Weights, evaluation outputs and predictions are
+# produced locally and are not part of the checksum.
+_SHIPPED_DIRS = ("configs", "docs")
+_SHIPPED_FILES = ("LICENSE",)
+_FIXED_TIME = (2024, 1, 1, 0, 0, 0)
+
+
+def bundle_files(bundle_dir: Path) -> list[Path]:
+    """The bundle's shipped files, sorted, relative to ``bundle_dir``."""
+    files = [bundle_dir / name for name in _SHIPPED_FILES if (bundle_dir / name).is_file()]
+    for sub in _SHIPPED_DIRS:
+        files += [p for p in (bundle_dir / sub).rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    return sorted(p.relative_to(bundle_dir) for p in files)
+
+
+def bundle_zip_bytes(bundle_dir: Path) -> bytes:
+    """A byte-for-byte reproducible zip of the bundle (fixed timestamps, sorted names, LF text)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for rel in bundle_files(bundle_dir):
+            info = zipfile.ZipInfo(f"{bundle_dir.name}/{rel.as_posix()}", date_time=_FIXED_TIME)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, (bundle_dir / rel).read_bytes().replace(b"\r\n", b"\n"))
+    return buffer.getvalue()
+
+
+def _entry(bundle_dir: Path, repo_root: Path) -> dict:
+    meta_path = bundle_dir / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    for key in ("version", "method", "paper"):
+        if key not in meta:
+            raise ValueError(f"{meta_path} has no '{key}'; add it so the model-zoo index can describe the bundle")
+    metrics_path = bundle_dir / "docs" / "reference_metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
+    return {
+        "name": meta.get("name", bundle_dir.name),
+        "version": meta["version"],
+        "method": meta["method"],
+        "paper": meta["paper"],
+        "path": bundle_dir.relative_to(repo_root).as_posix(),
+        "sha1": hashlib.sha1(bundle_zip_bytes(bundle_dir)).hexdigest(),
+        "reference_metrics": metrics,
+    }
+
+
+def build_index(repo_root: Path | str = REPO_ROOT) -> dict:
+    """The index as it should be for the bundles now in ``repo_root/bundles``."""
+    repo_root = Path(repo_root)
+    bundles = sorted(p for p in (repo_root / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file())
+    return {"bundles": [_entry(b, repo_root) for b in bundles]}
+
+
+def write_index(repo_root: Path | str = REPO_ROOT) -> Path:
+    """Rewrite ``model_zoo.json`` atomically and return its path."""
+    repo_root = Path(repo_root)
+    target = repo_root / INDEX_NAME
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(build_index(repo_root), indent=2) + "\n")
+    os.replace(tmp, target)
+    return target
+
+
+def check_index(repo_root: Path | str = REPO_ROOT) -> list[str]:
+    """Names of bundles whose committed index entry differs from a fresh build (empty: up to date)."""
+    repo_root = Path(repo_root)
+    target = repo_root / INDEX_NAME
+    committed = json.loads(target.read_text()) if target.is_file() else {"bundles": []}
+    fresh = build_index(repo_root)
+    old = {e["name"]: e for e in committed.get("bundles", [])}
+    new = {e["name"]: e for e in fresh["bundles"]}
+    return sorted(name for name in old.keys() | new.keys() if old.get(name) != new.get(name))
+
+
+def record_reference_metrics(bundle_dir: Path | str, note: str = "") -> Path:
+    """Copy the summary of the bundle's last evaluation (``eval/metrics.json``) into
+    ``docs/reference_metrics.json``, with a note saying how the run was made."""
+    bundle_dir = Path(bundle_dir)
+    source = bundle_dir / "eval" / "metrics.json"
+    if not source.is_file():
+        raise FileNotFoundError(
+            f"{source} not found; evaluate the bundle first: python -m monai.bundle run --config_file "
+            f"\"['{bundle_dir}/configs/train.json','{bundle_dir}/configs/evaluate.json']\""
+        )
+    doc = json.loads(source.read_text())
+    reference = {
+        "note": note,
+        "num_images": doc.get("num_images"),
+        "compat": doc.get("compat"),
+        "metrics": {k: (None if v is None else round(float(v), 4)) for k, v in doc["summary"].items()},
+    }
+    target = bundle_dir / "docs" / "reference_metrics.json"
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(reference, indent=2) + "\n")
+    os.replace(tmp, target)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    command = argv[0] if argv else "build"
+    if command == "build":
+        print(f"wrote {write_index()}")
+        return 0
+    if command == "record":
+        if len(argv) < 2:
+            print('usage: python -m multirater_monai.zoo record bundles/NAME "how the run was made"')
+            return 2
+        print(f"wrote {record_reference_metrics(argv[1], argv[2] if len(argv) > 2 else '')}")
+        return 0
+    if command == "check":
+        stale = check_index()
+        if stale:
+            print(f"model_zoo.json is stale for: {', '.join(stale)}; run: python -m multirater_monai.zoo build")
+            return 1
+        print("model_zoo.json is up to date")
+        return 0
+    print("usage: python -m multirater_monai.zoo [build|check]")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Shared pytest fixtures and paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_ROOT.parent / "shared"
+QUBIQ_DIR = SHARED_DIR / "data" / "qubiq_brain_growth"
+SCHEMA_PATH = SHARED_DIR / "schemas" / "meta_schema_20240725.json"
+BUNDLES = sorted(p.name for p in (REPO_ROOT / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file())
+
+
+def require_shared(path: Path) -> Path:
+    """Skip the calling test with a clear message when ../shared material is absent."""
+    if not path.exists():
+        pytest.skip(f"{path} is absent: this test needs the team's ../shared folder beside the repository")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    # CI has 2 cores; more torch threads than cores only adds contention.
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(min(previous, 2))
+    yield
+    torch.set_num_threads(previous)

@@ -1,0 +1,171 @@
+"""End to end: the unet_fusion bundle through MONAI's own bundle commands, on synthetic data.
+
+Trains two per-rater U-Nets (the conservative rater A1 and the liberal rater A3 of the synthetic
+generator), evaluates both with evaluate.json, runs inference.json, verify_net_in_out and
+ckpt_export, and reloads the TorchScript module. The known answer: each model matches the rater
+it was trained on better than the other model does, and predicts a larger area when trained on
+the liberal rater.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from multirater_monai.data import prepare_synthetic
+
+from .conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+BUNDLE = REPO_ROOT / "bundles" / "unet_fusion"
+CONFIGS = BUNDLE / "configs"
+SYNTHETIC_OVERRIDES = [
+    "--dataset_name", "synthetic",
+    "--rank_raters_by_area", "False",
+    "--intensity_range", "[0,1]",
+    "--network_def#channels", "[8,16,32]",
+    "--network_def#strides", "[2,2]",
+    "--network_def#num_res_units", "1",
+]
+
+
+def _bundle(args: list[str], cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    return proc
+
+
+def _run_ok(args: list[str]) -> str:
+    proc = _bundle(args)
+    assert proc.returncode == 0, f"monai.bundle {' '.join(args[:3])} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synthetic") / "data"
+    prepare_synthetic(out, num_samples=120, num_raters=4, seed=3, size=64)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, synthetic_dir) -> dict[int, Path]:
+    """bundle_root per trained rater index (0 = conservative, 2 = liberal)."""
+    roots = {}
+    for rater in (0, 2):
+        root = tmp_path_factory.mktemp(f"bundle_rater{rater}")
+        _run_ok(["run", "training", "--config_file", str(CONFIGS / "train.json"), "--bundle_root", str(root),
+                 "--dataset_dir", str(synthetic_dir), *SYNTHETIC_OVERRIDES, "--fusion", "rater",
+                 "--fusion_rater", str(rater), "--epochs", "12", "--val_interval", "4", "--batch_size", "8",
+                 "--learning_rate", "0.003"])
+        assert (root / "models" / "model.pt").is_file()
+        roots[rater] = root
+    return roots
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained, synthetic_dir) -> dict[int, dict]:
+    tables = {}
+    for rater, root in trained.items():
+        out = _run_ok(["run", "--config_file", f"['{CONFIGS / 'train.json'}','{CONFIGS / 'evaluate.json'}']",
+                       "--bundle_root", str(root), "--dataset_dir", str(synthetic_dir), *SYNTHETIC_OVERRIDES])
+        assert "dice_soft" in out and "dice_match" in out, "evaluate.json should print the metric table"
+        doc = json.loads((root / "eval" / "metrics.json").read_text())
+        assert (root / "eval" / "metrics.csv").is_file()
+        tables[rater] = doc
+    return tables
+
+
+def test_evaluate_reports_full_metric_table(evaluated):
+    summary = evaluated[0]["summary"]
+    for key in ("ged", "d_pa", "d_pp", "d_aa", "dice_soft", "dice_max", "dice_match",
+                "dice_A1", "dice_A2", "dice_A3", "dice_A4", "dice_mean"):
+        assert key in summary
+    # one output per image (S = 1): no pair of distinct predictions, so d_pp = 0; Dice_match needs S >= R
+    assert summary["d_pp"] == pytest.approx(0.0, abs=1e-9)
+    assert summary["dice_match"] is None  # NaN is saved as null
+    assert evaluated[0]["num_images"] == 18  # 15 % of 120 synthetic samples form the test split
+
+
+def test_per_rater_models_learn_their_rater(evaluated):
+    conservative, liberal = evaluated[0]["summary"], evaluated[2]["summary"]
+    print("A1-trained", conservative, "\nA3-trained", liberal)
+    # trained on A1 (p > 0.8) it matches A1 better than the A3-trained model does, and vice versa
+    assert conservative["dice_A1"] > liberal["dice_A1"] + 0.05
+    assert liberal["dice_A3"] > conservative["dice_A3"] + 0.05
+    # and both models really segment: far above an empty prediction (Dice 0 on non-empty masks)
+    assert conservative["dice_A1"] > 0.6 and liberal["dice_A3"] > 0.6
+
+
+def test_inference_writes_nifti_masks(trained, synthetic_dir, tmp_path):
+    import nibabel as nib
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for src in sorted((synthetic_dir / "images").glob("*.nii.gz"))[:3]:
+        (images / src.name).write_bytes(src.read_bytes())
+    out_dir = tmp_path / "pred"
+    _run_ok(["run", "--config_file", str(CONFIGS / "inference.json"), "--bundle_root", str(trained[2]),
+             "--input_dir", str(images), "--output_dir", str(out_dir), "--intensity_range", "[0,1]",
+             "--network_def#channels", "[8,16,32]", "--network_def#strides", "[2,2]", "--network_def#num_res_units", "1"])
+    written = sorted(out_dir.glob("*_seg.nii.gz"))
+    assert [p.name.replace("_seg", "") for p in written] == [p.name for p in sorted(images.glob("*.nii.gz"))]
+    mask = nib.load(written[0]).get_fdata()
+    assert mask.shape[:2] == (64, 64) and set(mask.ravel().tolist()) <= {0.0, 1.0} and mask.sum() > 0
+    overlays = sorted(p.name for p in out_dir.glob("*_overlay.png"))
+    assert overlays == [p.name.replace(".nii.gz", "_overlay.png") for p in sorted(images.glob("*.nii.gz"))]
+
+
+def test_export_torchscript_matches_checkpoint(trained, tmp_path):
+    root = trained[0]
+    ts_path = tmp_path / "model.ts"
+    small = ["--network_def#channels", "[8,16,32]", "--network_def#strides", "[2,2]", "--network_def#num_res_units", "1"]
+    _run_ok(["ckpt_export", "network_def", "--filepath", str(ts_path), "--ckpt_file", str(root / "models" / "model.pt"),
+             "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.json"),
+             "--bundle_root", str(root), *small])
+    scripted = torch.jit.load(str(ts_path))
+    from monai.networks.nets import UNet
+
+    net = UNet(spatial_dims=2, in_channels=1, out_channels=1, channels=[8, 16, 32], strides=[2, 2],
+               num_res_units=1, norm="batch")
+    net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
+    net.eval()
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), net(x), atol=1e-5)
+
+
+def test_verify_net_in_out_passes():
+    _run_ok(["verify_net_in_out", "network_def", "--meta_file", str(CONFIGS / "metadata.json"),
+             "--config_file", str(CONFIGS / "inference.json")])
+
+
+def test_evaluate_without_checkpoint_names_the_fix(tmp_path, synthetic_dir):
+    proc = _bundle(["run", "--config_file", f"['{CONFIGS / 'train.json'}','{CONFIGS / 'evaluate.json'}']",
+                    "--bundle_root", str(tmp_path), "--dataset_dir", str(synthetic_dir), *SYNTHETIC_OVERRIDES])
+    assert proc.returncode != 0
+    assert f"checkpoint not found: {tmp_path}/models/model.pt" in proc.stderr
+    assert "python -m monai.bundle run training" in proc.stderr
+
+
+def test_training_on_a_datalist_with_a_missing_rater_file_stops_before_training(tmp_path, synthetic_dir):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_dir, data)
+    doc = json.loads((data / "datalist.json").read_text())
+    victim = data / doc["training"][1]["label"][2]
+    victim.unlink()
+    proc = _bundle(["run", "training", "--config_file", str(CONFIGS / "train.json"), "--bundle_root", str(tmp_path / "b"),
+                    "--dataset_dir", str(data), *SYNTHETIC_OVERRIDES, "--epochs", "1"])
+    assert proc.returncode != 0
+    assert str(victim) in proc.stderr
+    assert not (tmp_path / "b" / "models" / "model.pt").exists()
