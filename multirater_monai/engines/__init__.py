@@ -1,6 +1,7 @@
 """Engines for multi-rater batches (MONAI SupervisedTrainer/SupervisedEvaluator subclasses)."""
 
+from .evaluation_table import format_settings_table, run_evaluation_table
 from .evaluator import MultiRaterEvaluator
 from .trainer import MultiRaterTrainer
 
-__all__ = ["MultiRaterEvaluator", "MultiRaterTrainer"]
+__all__ = ["MultiRaterEvaluator", "MultiRaterTrainer", "format_settings_table", "run_evaluation_table"]
