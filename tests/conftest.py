@@ -29,3 +29,13 @@ def _few_threads():
     torch.set_num_threads(min(previous, 2))
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    """A prepared synthetic data set (120 samples, 4 raters of distinct styles, 64x64) for bundle runs."""
+    from multirater_monai.data import prepare_synthetic
+
+    out = tmp_path_factory.mktemp("synthetic") / "data"
+    prepare_synthetic(out, num_samples=120, num_raters=4, seed=3, size=64)
+    return out

@@ -10,16 +10,13 @@ the liberal rater.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from multirater_monai.data import prepare_synthetic
-
+from .bundle_runner import bundle as _bundle
+from .bundle_runner import bundle_ok as _run_ok
 from .conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -34,26 +31,6 @@ SYNTHETIC_OVERRIDES = [
     "--network_def#strides", "[2,2]",
     "--network_def#num_res_units", "1",
 ]
-
-
-def _bundle(args: list[str], cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-    return proc
-
-
-def _run_ok(args: list[str]) -> str:
-    proc = _bundle(args)
-    assert proc.returncode == 0, f"monai.bundle {' '.join(args[:3])} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return proc.stdout + proc.stderr
-
-
-@pytest.fixture(scope="module")
-def synthetic_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synthetic") / "data"
-    prepare_synthetic(out, num_samples=120, num_raters=4, seed=3, size=64)
-    return out
 
 
 @pytest.fixture(scope="module")

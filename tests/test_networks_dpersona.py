@@ -50,9 +50,15 @@ def test_output_modes():
     net = _net().eval()
     image = _batch()[0]
     with torch.no_grad():
-        assert net(image).shape == (2, 5, 32, 32)  # Stage I: S samples
+        samples = net(image)
+        assert samples.shape == (2, 5, 32, 32)  # Stage I: S samples
         net.set_output_mode("personalized")
-        assert net(image).shape == (2, 3, 32, 32)  # R personalized outputs
+        personalized = net(image)
+        assert personalized.shape == (2, 3, 32, 32)  # R personalized outputs
+        net.set_output_mode("personalized+samples")
+        both = net(image)  # one pass: the R personalized outputs, then the same S samples
+    assert both.shape == (2, 8, 32, 32)
+    assert torch.allclose(both[:, :3], personalized, atol=1e-6) and torch.allclose(both[:, 3:], samples, atol=1e-6)
     assert _net(stage=2).output_mode == "personalized"
     assert _net(stage=2, output_mode="samples").output_mode == "samples"
     with pytest.raises(ValueError, match="output_mode"):

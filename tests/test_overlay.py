@@ -35,3 +35,18 @@ def test_overlay_draws_present_raters_only(tmp_path):
 def test_overlay_leaves_no_temp_files(tmp_path):
     save_overlay_png(str(tmp_path / "a.png"), np.random.rand(32, 32))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_overlay_with_two_output_groups_gives_each_a_panel(tmp_path):
+    image = np.zeros((64, 64), np.float32)
+    personalized = np.zeros((2, 64, 64), np.float32)
+    personalized[1, 20:40, 20:40] = 0.9  # second output of the first group: colour 1
+    samples = np.zeros((3, 64, 64), np.float32)
+    samples[2, 10:30, 10:30] = 0.8  # third output of the second group: colour 2
+    path = save_overlay_png(str(tmp_path / "g.png"), image, outputs={"personalized": personalized, "samples": samples},
+                            output_names={"personalized": ["A1", "A2"]})
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    assert rgb.shape[1] == 1200  # image, personalized, samples, agreement
+    first, second = rgb[:, 300:600], rgb[:, 600:900]
+    assert _count_colour(first, RATER_COLOURS[1]) > 20 and _count_colour(first, RATER_COLOURS[2]) == 0
+    assert _count_colour(second, RATER_COLOURS[2]) > 20  # the contour drawn in the samples panel

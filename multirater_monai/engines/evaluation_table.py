@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from multirater_monai.data.atomic import atomic_write_json, atomic_write_text
+from multirater_monai.utils.checkpoint import load_network_weights
 
 __all__ = ["run_evaluation_table", "format_settings_table"]
 
@@ -25,12 +26,7 @@ __all__ = ["run_evaluation_table", "format_settings_table"]
 def _apply_setting(network: torch.nn.Module, setting: Mapping[str, Any], device) -> None:
     checkpoint = setting.get("checkpoint")
     if checkpoint:
-        if not os.path.isfile(checkpoint):
-            raise FileNotFoundError(f"checkpoint not found: {checkpoint}; train the bundle first (run training)")
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
-        if isinstance(state, dict) and isinstance(state.get("model"), dict):
-            state = state["model"]  # a checkpoint saved with several objects
-        network.load_state_dict(state)
+        load_network_weights(network, checkpoint, map_location=device)
     for method, kwargs in (setting.get("calls") or {}).items():
         if not callable(getattr(network, method, None)):
             raise AttributeError(f"setting '{setting['name']}': the network has no method '{method}'")

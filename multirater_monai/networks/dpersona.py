@@ -22,7 +22,9 @@ not move); the frozen head is differentiated only with respect to its input code
 
 Inference ``forward(image)`` returns logits ``(B, S, *sp)``: S prior samples when
 ``output_mode == "samples"`` (Stage I default) or R personalized outputs when
-``output_mode == "personalized"`` (Stage II default). Both noise sets (S sample codes, M bank codes)
+``output_mode == "personalized"`` (Stage II default), or both, personalized first, when
+``output_mode == "personalized+samples"`` (R + S channels from one backbone pass: what the inference
+bundle writes). Both noise sets (S sample codes, M bank codes)
 are fixed buffers drawn from ``sample_seed`` (see :class:`ProbabilisticUNet`); during Stage II
 training a fresh bank is drawn at every step, as the paper samples the bank from the prior.
 
@@ -52,7 +54,7 @@ from .rater_projection import RaterProjectionHeads
 
 __all__ = ["DPersona", "OUTPUT_MODES"]
 
-OUTPUT_MODES = ("samples", "personalized")
+OUTPUT_MODES = ("samples", "personalized", "personalized+samples")
 
 
 class DPersona(ProbabilisticUNet):
@@ -72,7 +74,7 @@ class DPersona(ProbabilisticUNet):
         seg_loss: Stage I loss on ``(logits (B, 1, *sp), target (B, 1, *sp))``; default Dice.
         bound_loss: default :class:`BoundLoss`.
         stage: 1 or 2 (2 freezes everything but ``rater_heads`` at construction).
-        output_mode: ``"samples"`` or ``"personalized"``; default by stage.
+        output_mode: ``"samples"``, ``"personalized"`` or ``"personalized+samples"``; default by stage.
         sample_seed: seed of the fixed inference noise (None: fresh noise every call).
     """
 
@@ -210,14 +212,16 @@ class DPersona(ProbabilisticUNet):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         features = self.backbone(image)
         mu, log_sigma = self.prior.encode(image)
-        if self.output_mode == "personalized":
+        if self.output_mode == "samples":
+            codes = self._prior_codes(mu, log_sigma, self.sample_noise)
+        else:
             noise = self.bank_noise
             if self.random_sampling:
                 noise = torch.randn_like(noise)
             codes = self._personalized_codes(features, mu, log_sigma, noise)
-        else:
-            codes = self._prior_codes(mu, log_sigma, self.sample_noise)
-        return self.head(features, codes)
+            if self.output_mode == "personalized+samples":
+                codes = torch.cat([codes, self._prior_codes(mu, log_sigma, self.sample_noise)], dim=1)
+        return self.head(features, codes)  # one batched head call for every code
 
     # ------------------------------------------------------------------ training
     def training_objective(

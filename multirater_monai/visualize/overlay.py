@@ -1,8 +1,9 @@
 """PNG overlays of rater masks and model outputs on the image, for people to look at.
 
-One row of panels per image: the image with every rater's contour in its own colour, then the
-model outputs (samples or personalized masks) the same way, then the agreement map (fraction of
-outputs marking each pixel). Contours rather than filled masks, so disagreement stays visible.
+One row of panels per image: the image with every rater's contour in its own colour, then each
+group of model outputs (samples, personalized masks, or both in two panels) the same way, then the
+agreement map of the last group (fraction of its outputs marking each pixel). Contours rather than
+filled masks, so disagreement stays visible.
 """
 
 from __future__ import annotations
@@ -57,9 +58,12 @@ def save_overlay_png(
         path: PNG file to write (written atomically).
         image: (H, W) or (1, H, W) image, any intensity range (shown min-max scaled).
         raters: optional (R, H, W) binary rater stack.
-        outputs: optional (S, H, W) probabilities or binary masks (thresholded at ``threshold``).
+        outputs: optional (S, H, W) probabilities or binary masks (thresholded at ``threshold``), or a
+            dict ``{panel title: (S_k, H, W)}`` for several groups (e.g. personalized and samples),
+            one panel each; the agreement map is that of the last group.
         rater_mask: optional (R,) bool; missing raters are not drawn.
-        rater_names / output_names: legend labels (default A1.. / P1..).
+        rater_names / output_names: legend labels (default A1.. / P1..); with several groups,
+            ``output_names`` is a dict by panel title (a group without names gets P1..).
         title: figure title (e.g. the image file name).
     """
     import matplotlib
@@ -74,10 +78,14 @@ def save_overlay_png(
         panels.append(("raters", _as_numpy(raters) > 0.5))
     agreement = None
     if outputs is not None:
-        out = _as_numpy(outputs).astype(float)
-        binary = out > threshold
-        panels.append(("outputs", binary))
-        agreement = binary.mean(axis=0)
+        groups = outputs if isinstance(outputs, dict) else {"outputs": outputs}
+        names_by_group = output_names if isinstance(output_names, dict) else {"outputs": output_names}
+        for kind, group in groups.items():
+            binary = _as_numpy(group).astype(float) > threshold
+            panels.append((kind, binary))
+            agreement = binary.mean(axis=0)
+    else:
+        names_by_group = {}
     fig, axes = plt.subplots(1, len(panels) + (agreement is not None), figsize=(3 * (len(panels) + 1), 3.2))
     axes = np.atleast_1d(axes)
     present = None if rater_mask is None else _as_numpy(rater_mask).astype(bool)
@@ -87,12 +95,12 @@ def save_overlay_png(
         if kind == "raters":
             names = list(rater_names or [f"A{i + 1}" for i in range(len(masks))])
             _contours(ax, masks, names, present)
-        elif kind == "outputs":
-            names = list(output_names or [f"P{i + 1}" for i in range(len(masks))])
+        elif kind != "image":
+            names = list(names_by_group.get(kind) or [f"P{i + 1}" for i in range(len(masks))])
             _contours(ax, masks, names, None)
     if agreement is not None:
         shown = axes[-1].imshow(agreement, cmap="magma", vmin=0.0, vmax=1.0)
-        axes[-1].set_title("agreement of outputs", fontsize=8)
+        axes[-1].set_title(f"agreement of {panels[-1][0]}", fontsize=8)
         fig.colorbar(shown, ax=axes[-1], fraction=0.046, pad=0.04)
     for ax in axes:
         ax.set_axis_off()

@@ -16,9 +16,12 @@ class SaveOverlayPNGd(Transform):
 
     Args:
         output_dir: folder for the PNGs.
-        image_key / pred_key: the item's image (C, H, W) and outputs (S, H, W) probabilities or masks.
+        image_key: the item's image (C, H, W).
+        pred_key: key of the outputs (S, H, W) (probabilities or masks), or a list of keys, each drawn in
+            its own panel titled by its key (e.g. ``["personalized", "samples"]``).
         label_key / rater_mask_key: drawn as rater contours when the item has them.
-        output_names: legend labels of the outputs (e.g. rater names for personalized outputs).
+        output_names: legend labels of the outputs (e.g. rater names for personalized outputs); with a
+            list of keys, a dict by key.
     """
 
     def __init__(self, output_dir: str, image_key: str = "image", pred_key: str = "pred", label_key: str = "label",
@@ -41,7 +44,8 @@ class SaveOverlayPNGd(Transform):
             os.path.join(self.output_dir, f"{name}_overlay.png"),
             image[0],
             raters=label if label is not None and getattr(label, "ndim", 0) == 3 else None,
-            outputs=data[self.pred_key],
+            outputs=({k: data[k] for k in self.pred_key} if isinstance(self.pred_key, (list, tuple))
+                     else data[self.pred_key]),
             rater_mask=data.get(self.rater_mask_key),
             output_names=self.output_names,
             title=name,
