@@ -110,12 +110,19 @@ def record_reference_metrics(bundle_dir: Path | str, note: str = "") -> Path:
             f"\"['{bundle_dir}/configs/train.json','{bundle_dir}/configs/evaluate.json']\""
         )
     doc = json.loads(source.read_text())
-    reference = {
-        "note": note,
-        "num_images": doc.get("num_images"),
-        "compat": doc.get("compat"),
-        "metrics": {k: (None if v is None else round(float(v), 4)) for k, v in doc["summary"].items()},
-    }
+
+    def rounded(summary: dict) -> dict:
+        return {k: (None if v is None else round(float(v), 4)) for k, v in summary.items() if k != "setting"}
+
+    if "rows" in doc:  # an evaluation table: one row per setting (sample counts, stages)
+        reference = {"note": note, "metrics": {row["setting"]: rounded(row) for row in doc["rows"]}}
+    else:
+        reference = {
+            "note": note,
+            "num_images": doc.get("num_images"),
+            "compat": doc.get("compat"),
+            "metrics": rounded(doc["summary"]),
+        }
     target = bundle_dir / "docs" / "reference_metrics.json"
     tmp = target.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(reference, indent=2) + "\n")

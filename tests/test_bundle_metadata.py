@@ -55,3 +55,17 @@ def test_zoo_checksum_tracks_bundle_content(tmp_path):
     assert zoo.bundle_zip_bytes(dst) == first
     (dst / "configs" / "train.json").write_text((dst / "configs" / "train.json").read_text() + " ")
     assert zoo.bundle_zip_bytes(dst) != first
+
+
+def test_record_reference_metrics_from_summary_and_from_table(tmp_path):
+    bundle = tmp_path / "b"
+    (bundle / "eval").mkdir(parents=True)
+    (bundle / "docs").mkdir()
+    (bundle / "eval" / "metrics.json").write_text(json.dumps(
+        {"num_images": 3, "compat": "default", "summary": {"ged": 0.123456, "dice_match": None}}))
+    saved = json.loads(zoo.record_reference_metrics(bundle, "run A").read_text())
+    assert saved == {"note": "run A", "num_images": 3, "compat": "default", "metrics": {"ged": 0.1235, "dice_match": None}}
+    (bundle / "eval" / "metrics.json").write_text(json.dumps(
+        {"settings": [], "rows": [{"setting": "Stage I", "ged": 0.5}, {"setting": "Stage II", "ged": 0.25}]}))
+    saved = json.loads(zoo.record_reference_metrics(bundle, "run B").read_text())
+    assert saved["metrics"] == {"Stage I": {"ged": 0.5}, "Stage II": {"ged": 0.25}}

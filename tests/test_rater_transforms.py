@@ -155,3 +155,21 @@ def test_spatial_augmentations_move_image_and_every_rater_together():
     assert not torch.equal(moved_image, image[:, : moved_image.shape[1], : moved_image.shape[2]])
     for r in range(3):
         assert torch.equal(moved_label[r], (moved_image[0] > r).float()), f"rater {r} moved apart from the image"
+
+
+def test_cache_dataset_caches_the_loading_so_epochs_read_no_files(files, tmp_path):
+    # MONAI's CacheDataset caches up to the first randomizable transform; a Compose counts as one,
+    # so the loading steps must not be a Compose or every epoch would re-read every file.
+    import shutil
+
+    from monai.data import CacheDataset
+    from monai.transforms import Compose, RandFlipd
+
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    item = {"image": shutil.copy(files["image"], folder), "label": [shutil.copy(files["r0"], folder)]}
+    dataset = CacheDataset([item], Compose([multirater_loading(num_raters=1), RandFlipd(["image", "label"], prob=1.0, spatial_axis=0)]),
+                           progress=False)
+    shutil.rmtree(folder)  # the files are gone: only a cached sample can still be served
+    sample = dataset[0]
+    assert torch.equal(sample["label"][0], torch.flip(torch.from_numpy(files["r0_arr"]).float(), dims=[0]))

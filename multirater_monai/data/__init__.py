@@ -33,6 +33,7 @@ from .dictionary import (
     RankRatersByAreaD,
     RankRatersByAread,
     RankRatersByAreaDict,
+    MultiRaterLoadingd,
     multirater_loading,
 )
 from .errors import MultiRaterDataError, find_data_error

@@ -105,8 +105,11 @@ INTENSITY_RANGE_HU = [-1000, 400]
 # pylidc assumes 512 x 512 slices (its bbox limits are hard-coded to 0..511); so do we.
 SCAN_SIZE = 512
 # The quick default that the bundles prepare on first use: 1860 slices of 299 nodules from
-# 100 patients with seed 0, prepared in about 23 s on one core (module docstring, "Cost")
-QUICK_DEFAULT = dict(max_patients=100)
+# 100 patients with seed 0, prepared in about 40 s on this 2-core machine (module docstring, "Cost").
+# Its crops are 64x64, not the papers' 128x128: a training step costs a quarter, which is what lets
+# the CPU defaults train in minutes, and the nodules are small enough that 98 % of the contoured
+# slices (1822 of 1860) keep every reader's contour inside the 64x64 window (measured on this set).
+QUICK_DEFAULT = dict(max_patients=100, crop_size=64)
 
 _LUNG_HU = -850.0
 _BLOOD_HU = 40.0
