@@ -4,7 +4,8 @@ Configurations (docs/DESIGN.md section 6):
 
 * ``paper``: ResNet34-encoder U-Net (FlexibleUNet, 16 feature channels), 128x128, batch 12,
   4 raters, latent 6, K = 10 bound samples, M = 100 bank codes;
-* ``cpu``: ``DPersona.build`` defaults (``encoder="small"``: MONAI UNet (16, 32, 64, 128)), same sizes.
+* ``small128``: ``DPersona.build`` defaults (``encoder="small"``: MONAI UNet (16, 32, 64, 128)), same sizes;
+* ``cpu``: the bundle's CPU default: the small network on the quick data's 64x64 crops, batch 16.
 
 Each (configuration, stage) runs in its own subprocess so that the peak resident set size
 (``resource.getrusage``; tracemalloc does not see torch's C++ allocations) belongs to that work
@@ -34,9 +35,11 @@ import time
 
 CONFIGS = {
     "paper": dict(encoder="resnet34", num_raters=4, latent_dim=6, num_bound_samples=10, bank_size=100),
+    "small128": dict(encoder="small", num_raters=4, latent_dim=6, num_bound_samples=10, bank_size=100),
     "cpu": dict(encoder="small", num_raters=4, latent_dim=6, num_bound_samples=10, bank_size=100),
 }
-SIZE, BATCH = 128, 12
+# (image side, batch) per configuration
+WORKLOAD = {"paper": (128, 12), "small128": (128, 12), "cpu": (64, 16)}
 
 
 def _rss_mb() -> float:
@@ -63,9 +66,10 @@ def worker(config: str, task: str, repeats: int, threads: int) -> dict:
     net = DPersona.build(**CONFIGS[config])
     result = {"params_M": sum(p.numel() for p in net.parameters()) / 1e6}
     result["head_params_K"] = sum(p.numel() for p in net.rater_heads.parameters()) / 4 / 1e3
-    image = torch.randn(BATCH, 1, SIZE, SIZE)
-    label = (torch.rand(BATCH, 4, SIZE, SIZE) > 0.5).float()
-    mask = torch.ones(BATCH, 4, dtype=torch.bool)
+    size, batch = WORKLOAD[config]
+    image = torch.randn(batch, 1, size, size)
+    label = (torch.rand(batch, 4, size, size) > 0.5).float()
+    mask = torch.ones(batch, 4, dtype=torch.bool)
     if task in ("stage1", "stage2"):
         if task == "stage2":
             net.start_stage2()
@@ -123,7 +127,8 @@ def main() -> None:
     print("command: python " + " ".join(sys.argv))
     print(f"machine: {_cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads, "
           f"load average {os.getloadavg()[0]:.2f}")
-    print(f"workload: {SIZE}x{SIZE}, batch {BATCH}, 4 raters, latent 6, K 10, M 100; median of {args.repeats}\n")
+    print(f"workload: 4 raters, latent 6, K 10, M 100; image side and batch per config {WORKLOAD}; "
+          f"inference on one image of that side; median of {args.repeats}\n")
     rows = []
     for config in args.configs:
         res = {}
