@@ -38,6 +38,7 @@ from .dictionary import (
 )
 from .errors import MultiRaterDataError, find_data_error
 from .qubiq import prepare_qubiq, qubiq_entries
+from .rater_selection import entries_for_fusion, entries_with_rater
 from .registry import ensure_dataset, prepare_dataset
 from .split_channels import SplitChannelGroupsD, SplitChannelGroupsd, SplitChannelGroupsDict
 from .synthetic import SyntheticMultiRaterDataset, make_synthetic_sample, prepare_synthetic
