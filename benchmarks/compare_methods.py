@@ -15,7 +15,9 @@ Budget: every method trains ``--epochs`` epochs (D-Persona: Stage I ``--epochs``
     python benchmarks/compare_methods.py --dataset lidc-phantom --epochs 20 --stage2-epochs 10 --out runs/cmp_lidc
     python benchmarks/compare_methods.py --dataset qubiq --epochs 150 --stage2-epochs 100 --out runs/cmp_qubiq
 
-A method whose run fails is reported with its error and the others go on.
+A method whose run fails is reported with its error and the others go on. A method whose bundle
+root under ``--out`` already holds an evaluation (``eval/metrics.json``) is not run again, so an
+interrupted comparison resumes where it stopped (delete a method's folder to redo it).
 """
 
 from __future__ import annotations
@@ -111,6 +113,10 @@ def main() -> None:
         root.mkdir(exist_ok=True)
         configs = REPO / "bundles" / name / "configs"
         log = root / "log.txt"
+        if (root / "eval" / "metrics.json").is_file():
+            print(f"[compare] {label}: evaluated before in {root}; reusing it", flush=True)
+            rows += evaluation_rows(root, label)
+            continue
         print(f"[compare] {label}: training ({name}) -> {root}", flush=True)
         try:
             seconds = bundle(["run", "training", "--config_file", str(configs / "train.json"),
