@@ -116,6 +116,8 @@ def main() -> None:
         if (root / "eval" / "metrics.json").is_file():
             print(f"[compare] {label}: evaluated before in {root}; reusing it", flush=True)
             rows += evaluation_rows(root, label)
+            if (root / "train_seconds.txt").is_file():
+                timings.append((label, float((root / "train_seconds.txt").read_text())))
             continue
         print(f"[compare] {label}: training ({name}) -> {root}", flush=True)
         try:
@@ -128,6 +130,7 @@ def main() -> None:
             rows.append({"method": f"{label}: FAILED"})
             continue
         timings.append((label, seconds))
+        (root / "train_seconds.txt").write_text(f"{seconds:.1f}\n")
         rows += evaluation_rows(root, label)
         print(f"[compare] {label}: trained in {seconds / 60:.1f} min", flush=True)
 
