@@ -4,6 +4,7 @@ from .backbone import BACKBONE_ENCODERS, UNetFeatureBackbone
 from .dpersona import OUTPUT_MODES, DPersona
 from .gaussian_encoder import AxisAlignedGaussianEncoder
 from .latent_head import LatentCombiningHead
+from .proseg import PROSEG_OUTPUT_MODES, ProSeg
 from .prob_unet import ProbabilisticUNet, build_latent_parts, check_multirater_batch, random_present_rater
 from .rater_projection import RaterProjectionHeads
 
@@ -15,6 +16,8 @@ __all__ = [
     "RaterProjectionHeads",
     "ProbabilisticUNet",
     "DPersona",
+    "ProSeg",
+    "PROSEG_OUTPUT_MODES",
     "OUTPUT_MODES",
     "build_latent_parts",
     "check_multirater_batch",

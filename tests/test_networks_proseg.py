@@ -1,0 +1,121 @@
+"""ProSeg network: loss terms against closed forms, TorchScript, learning on synthetic raters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Dirichlet, kl_divergence
+
+from multirater_monai.data import make_synthetic_sample
+from multirater_monai.networks import ProSeg
+
+TINY = dict(backbone_channels=(4, 8), feature_channels=4, hidden=8, z_channels=2, num_samples=6)
+
+
+def _net(**kwargs):
+    torch.manual_seed(0)
+    return ProSeg.build(num_raters=3, **{**TINY, **kwargs})
+
+
+def test_kl_terms_match_closed_forms_and_torch_distributions():
+    net = _net()
+    with torch.no_grad():
+        net.tau_embedding.weight.copy_(torch.tensor([[0.5, -1.0, 2.0, 0.0, 0.3, 1.0, -0.2, 0.7]] * 3)
+                                       + torch.arange(3.0)[:, None])
+    image, label = torch.randn(2, 1, 8, 8), (torch.rand(2, 3, 8, 8) > 0.5).float()
+    terms = net.training_objective(image, label)
+    # KL(Dir(a) || Dir(1)) by hand: lnG(sum a) - sum lnG(a) - lnG(K) + sum (a - 1)(psi(a) - psi(sum a))
+    a = net.tau_concentration().detach()
+    k = a.shape[1]
+    by_hand = (torch.lgamma(a.sum(1)) - torch.lgamma(a).sum(1) - torch.lgamma(torch.tensor(float(k)))
+               + ((a - 1) * (torch.digamma(a) - torch.digamma(a.sum(1, keepdim=True)))).sum(1))
+    assert torch.allclose(terms["kl_tau"], by_hand.mean(), atol=1e-5)
+    assert torch.allclose(terms["kl_tau"], kl_divergence(Dirichlet(a), Dirichlet(torch.ones_like(a))).mean(), atol=1e-5)
+    # KL(N(mu, s) || N(0, 1)) per element = (mu^2 + s^2 - 1) / 2 - ln s, averaged over elements and raters
+    mu, log_sigma = net._z_params(net.backbone(image))
+    by_hand_z = 0.5 * (mu.pow(2) + torch.exp(2 * log_sigma) - 1) - log_sigma
+    assert torch.allclose(terms["kl_z"], by_hand_z.mean(), atol=1e-5)
+
+
+def test_loss_is_the_sum_of_its_terms_and_missing_raters_take_no_part():
+    net = _net(recon_weight=2.0, kl_z_weight=0.5)
+    image, label = torch.randn(2, 1, 8, 8), (torch.rand(2, 3, 8, 8) > 0.5).float()
+    mask = torch.tensor([[True, False, True], [True, True, True]])
+    terms = net.training_objective(image, label, mask)
+    # the per-rater terms enter divided by the number of pixels (the ELBO per pixel)
+    expected = 2.0 * terms["recon"] + terms["seg"] + 0.5 * terms["kl_z"] + (terms["classification"] + terms["kl_tau"]) / 64
+    assert torch.allclose(terms["loss"], expected)
+    torch.manual_seed(5)
+    first = net.training_objective(image, label, mask)["seg"]
+    flipped = label.clone()
+    flipped[0, 1] = 1 - flipped[0, 1]  # change only the missing rater's mask
+    torch.manual_seed(5)
+    assert torch.allclose(net.training_objective(image, flipped, mask)["seg"], first)
+    terms["loss"].backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_ablations_drop_their_terms():
+    image, label = torch.randn(2, 1, 8, 8), (torch.rand(2, 3, 8, 8) > 0.5).float()
+    no_tau = _net(use_tau=False).training_objective(image, label)
+    assert no_tau["kl_tau"] == 0 and no_tau["classification"] == 0 and no_tau["kl_z"] > 0
+    no_z = _net(use_z=False).training_objective(image, label)
+    assert no_z["kl_z"] == 0 and no_z["recon"] == 0 and no_z["kl_tau"] > 0
+
+
+@pytest.mark.parametrize("mode", ["personalized", "samples", "prior"])
+def test_output_modes_and_torchscript(mode, tmp_path):
+    net = _net(output_mode=mode).eval()
+    image = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        out = net(image)
+        assert out.shape == (2, 3 if mode == "personalized" else 6, 16, 16)
+        assert torch.equal(net(image), out)  # fixed noise: reproducible
+        torch.jit.save(torch.jit.script(net), str(tmp_path / "m.ts"))
+        assert torch.allclose(torch.jit.load(str(tmp_path / "m.ts"))(image), out, atol=1e-6)
+
+
+def _synthetic(n, seed, size):
+    samples = [make_synthetic_sample(np.random.default_rng([seed, i]), size=size) for i in range(n)]
+    return tuple(torch.from_numpy(np.stack([s[k] for s in samples])) for k in ("image", "label", "rater_mask"))
+
+
+def _dice(logits, label):
+    pred = (logits > 0).float()
+    inter = (pred * label).sum((-1, -2))
+    return (2 * inter / (pred.sum((-1, -2)) + label.sum((-1, -2))).clamp(min=1e-8)).mean(0)
+
+
+@pytest.mark.slow
+def test_learns_rater_identity_and_style_on_synthetic_raters():
+    """Synthetic raters (conservative, smooth, liberal, noisy) at 32x32, 400 steps (about 40 s on 2 cores).
+
+    Measured (seed 0): the classifier names the rater of 76 % of tau draws (chance: 25 %);
+    personalized Dice per rater [0.63, 0.83, 0.90, 0.75] against ~0.54 for prior-mode samples.
+    """
+    torch.manual_seed(0)
+    train, test = _synthetic(64, 0, 32), _synthetic(32, 1, 32)
+    net = ProSeg.build(num_raters=4, backbone_channels=(8, 16, 32), feature_channels=8, hidden=16, z_channels=4,
+                       num_samples=8)
+    optimizer = torch.optim.Adam(net.parameters_to_train(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(400):
+        idx = torch.randint(0, 64, (16,), generator=g)
+        loss = net.train().training_objective(train[0][idx], train[1][idx], train[2][idx])["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    net.eval()
+    with torch.no_grad():
+        # the classifier recovers the rater from tau drawn from q(tau | r)
+        tau = net.tau_posterior().sample((200,))  # (200, R, D)
+        accuracy = (net.identify_raters(tau) == torch.arange(4)).float().mean()
+        personalized = _dice(net(test[0]), test[1])  # output r against rater r
+        net.set_output_mode("prior")
+        prior = torch.stack([_dice(net(test[0])[:, s:s + 1].expand(-1, 4, -1, -1), test[1]) for s in range(8)]).mean(0)
+    print("accuracy", float(accuracy), "personalized", personalized.tolist(), "prior", prior.tolist())
+    assert accuracy > 0.6  # chance: 0.25
+    # personalized outputs follow their rater better than rater-agnostic prior samples do
+    assert personalized.mean() > prior.mean() + 0.02, (personalized, prior)
+    assert personalized[0] > prior[0] and personalized[2] > prior[2], (personalized, prior)
