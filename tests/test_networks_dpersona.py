@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from multirater_monai.data import make_synthetic_sample
 from multirater_monai.networks import DPersona
+
+from .synthetic_batches import dice_per_output, synthetic_tensors
 
 TINY = dict(
     encoder="small", backbone_channels=(4, 8, 16), feature_channels=4, prior_channels=(4, 8), head_hidden=4,
@@ -132,17 +132,6 @@ def test_torchscript_export_roundtrip(mode, output_mode, tmp_path):
         assert torch.allclose(loaded(image), expected, atol=1e-6)
 
 
-def _synthetic(n, seed, size):
-    samples = [make_synthetic_sample(np.random.default_rng([seed, i]), size=size) for i in range(n)]
-    return tuple(torch.from_numpy(np.stack([s[k] for s in samples])) for k in ("image", "label", "rater_mask"))
-
-
-def _dice(logits, label):
-    pred = (logits > 0).float()
-    inter = (pred * label).sum((-1, -2))
-    return (2 * inter / (pred.sum((-1, -2)) + label.sum((-1, -2))).clamp(min=1e-8)).mean(0)
-
-
 def _train(net, data, steps, batch=16):
     optimizer = torch.optim.Adam(net.parameters_to_train(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
@@ -163,7 +152,7 @@ def test_stage2_learns_each_raters_style_better_than_the_stage1_mean():
     Stage II personalized ~ [0.84, 0.90, 0.92, 0.79].
     """
     torch.manual_seed(0)
-    train, test = _synthetic(64, 0, 32), _synthetic(32, 1, 32)
+    train, test = synthetic_tensors(64, 0, 32), synthetic_tensors(32, 1, 32)
     net = DPersona.build(
         num_raters=4, encoder="small", backbone_channels=(8, 16, 32), feature_channels=8, prior_channels=(8, 16, 32),
         head_hidden=8, projection_hidden=8, num_samples=8, bank_size=50, num_bound_samples=6,
@@ -171,11 +160,11 @@ def test_stage2_learns_each_raters_style_better_than_the_stage1_mean():
     _train(net, train, 250)
     with torch.no_grad():
         mean_prob = torch.sigmoid(net.eval()(test[0])).mean(1, keepdim=True)
-        stage1 = _dice(torch.logit(mean_prob, eps=1e-6).expand(-1, 4, -1, -1), test[1])
+        stage1 = dice_per_output(torch.logit(mean_prob, eps=1e-6).expand(-1, 4, -1, -1), test[1])
     net.start_stage2()
     _train(net, train, 200)
     with torch.no_grad():
-        stage2 = _dice(net.eval()(test[0]), test[1])
+        stage2 = dice_per_output(net.eval()(test[0]), test[1])
     # conservative (A1) and liberal (A3) differ most from the consensus: Stage II must win clearly
     assert stage2[0] > stage1[0] + 0.05 and stage2[2] > stage1[2] + 0.05, (stage1, stage2)
     assert stage2.mean() > stage1.mean() + 0.03, (stage1, stage2)

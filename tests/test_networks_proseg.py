@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch.distributions import Dirichlet, kl_divergence
 
-from multirater_monai.data import make_synthetic_sample
 from multirater_monai.networks import ProSeg
+
+from .synthetic_batches import dice_per_output, synthetic_tensors
 
 TINY = dict(backbone_channels=(4, 8), feature_channels=4, hidden=8, z_channels=2, num_samples=6)
 
@@ -76,17 +76,6 @@ def test_output_modes_and_torchscript(mode, tmp_path):
         assert torch.allclose(torch.jit.load(str(tmp_path / "m.ts"))(image), out, atol=1e-6)
 
 
-def _synthetic(n, seed, size):
-    samples = [make_synthetic_sample(np.random.default_rng([seed, i]), size=size) for i in range(n)]
-    return tuple(torch.from_numpy(np.stack([s[k] for s in samples])) for k in ("image", "label", "rater_mask"))
-
-
-def _dice(logits, label):
-    pred = (logits > 0).float()
-    inter = (pred * label).sum((-1, -2))
-    return (2 * inter / (pred.sum((-1, -2)) + label.sum((-1, -2))).clamp(min=1e-8)).mean(0)
-
-
 @pytest.mark.slow
 def test_learns_rater_identity_and_style_on_synthetic_raters():
     """Synthetic raters (conservative, smooth, liberal, noisy) at 32x32, 400 steps (about 40 s on 2 cores).
@@ -95,7 +84,7 @@ def test_learns_rater_identity_and_style_on_synthetic_raters():
     personalized Dice per rater [0.63, 0.83, 0.90, 0.75] against ~0.54 for prior-mode samples.
     """
     torch.manual_seed(0)
-    train, test = _synthetic(64, 0, 32), _synthetic(32, 1, 32)
+    train, test = synthetic_tensors(64, 0, 32), synthetic_tensors(32, 1, 32)
     net = ProSeg.build(num_raters=4, backbone_channels=(8, 16, 32), feature_channels=8, hidden=16, z_channels=4,
                        num_samples=8)
     optimizer = torch.optim.Adam(net.parameters_to_train(), lr=3e-3)
@@ -111,9 +100,9 @@ def test_learns_rater_identity_and_style_on_synthetic_raters():
         # the classifier recovers the rater from tau drawn from q(tau | r)
         tau = net.tau_posterior().sample((200,))  # (200, R, D)
         accuracy = (net.identify_raters(tau) == torch.arange(4)).float().mean()
-        personalized = _dice(net(test[0]), test[1])  # output r against rater r
+        personalized = dice_per_output(net(test[0]), test[1])  # output r against rater r
         net.set_output_mode("prior")
-        prior = torch.stack([_dice(net(test[0])[:, s:s + 1].expand(-1, 4, -1, -1), test[1]) for s in range(8)]).mean(0)
+        prior = torch.stack([dice_per_output(net(test[0])[:, s:s + 1].expand(-1, 4, -1, -1), test[1]) for s in range(8)]).mean(0)
     print("accuracy", float(accuracy), "personalized", personalized.tolist(), "prior", prior.tolist())
     assert accuracy > 0.6  # chance: 0.25
     # personalized outputs follow their rater better than rater-agnostic prior samples do
