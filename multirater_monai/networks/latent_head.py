@@ -62,8 +62,9 @@ class LatentCombiningHead(nn.Module):
             h_codes = h_codes.unsqueeze(2)
         h = h_features.unsqueeze(1) + h_codes  # (B, S, *sp, hidden)
         # The ReLUs run in place: the (B, S, *sp, hidden) tensors are the cost here (memory traffic, not
-        # arithmetic; 50 codes at 128x128 on 2 cores: 225 -> 145 ms), and autograd allows it (neither the
-        # addition nor a linear layer needs its own output for the backward pass).
+        # arithmetic; benchmarks/bench_dpersona.py, paper configuration, 50 samples for one image:
+        # 214 -> 180 ms on 2 cores), and autograd allows it (neither the addition nor a linear layer
+        # needs its own output for the backward pass).
         for layer in self.decoder:
             h = layer(torch.relu_(h))
         h = h.movedim(-1, 2)  # (B, S, out, *sp)

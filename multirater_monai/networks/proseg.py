@@ -61,12 +61,11 @@ from torch.distributions import Dirichlet, Normal, kl_divergence
 from torch.nn import functional as F
 
 from .backbone import UNetFeatureBackbone
-from .prob_unet import check_multirater_batch
+from .prob_unet import _KEEP, check_multirater_batch
 
 __all__ = ["ProSeg", "PROSEG_OUTPUT_MODES"]
 
 PROSEG_OUTPUT_MODES = ("personalized", "samples", "prior")
-_KEEP: Any = object()
 
 
 class ProSeg(nn.Module):
@@ -136,9 +135,7 @@ class ProSeg(nn.Module):
         self.weights = {"recon": float(recon_weight), "classification": float(class_weight),
                         "seg": float(seg_weight), "kl_z": float(kl_z_weight), "kl_tau": float(kl_tau_weight)}
         self.use_tau, self.use_z = bool(use_tau), bool(use_z)
-        if output_mode not in PROSEG_OUTPUT_MODES:
-            raise ValueError(f"output_mode must be one of {PROSEG_OUTPUT_MODES}, got {output_mode!r}.")
-        self.output_mode = output_mode
+        self.set_output_mode(output_mode)
         self.sample_seed = sample_seed
         self.random_sampling = sample_seed is None
         z_noise, prior_tau = self._draw_noise(num_samples, sample_seed)
