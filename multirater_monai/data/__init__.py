@@ -51,3 +51,14 @@ def __getattr__(name: str):
 
         return prepare_lidc_phantom
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+from .agreement_label import (
+    AgreementLabel,
+    AgreementLabelD,
+    AgreementLabeld,
+    AgreementLabelDict,
+    AgreementProbabilityD,
+    AgreementProbabilityd,
+    AgreementProbabilityDict,
+    agreement_label,
+    agreement_probability,
+)
