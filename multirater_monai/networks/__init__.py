@@ -23,3 +23,6 @@ __all__ = [
     "check_multirater_batch",
     "random_present_rater",
 ]
+from .dynamic_filter_head import DynamicFilterHead  # noqa: E402
+
+__all__ += ["DynamicFilterHead"]
