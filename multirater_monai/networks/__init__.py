@@ -26,3 +26,7 @@ __all__ = [
 from .dynamic_filter_head import DynamicFilterHead  # noqa: E402
 
 __all__ += ["DynamicFilterHead"]
+from .agreement_branch import AgreementBranch  # noqa: E402
+from .avap import AVAP, AVAP_OUTPUT_MODES  # noqa: E402
+
+__all__ += ["AgreementBranch", "AVAP", "AVAP_OUTPUT_MODES"]
