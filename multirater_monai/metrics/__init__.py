@@ -38,3 +38,12 @@ from .set_metrics import (
     generalized_energy_distance,
     soft_dice,
 )
+from .agreement_dice import (
+    AverageRaterDice,
+    AverageRaterDiceMetric,
+    MeanVotingDice,
+    MeanVotingDiceMetric,
+    average_rater_dice,
+    mean_voting_dice,
+)
+from .calibrated_personalized import CalibratedPersonalizedSaver
