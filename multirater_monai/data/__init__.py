@@ -62,3 +62,4 @@ from .agreement_label import (
     agreement_label,
     agreement_probability,
 )
+from .avap_outputs import AVAPOutputsD, AVAPOutputsd, AVAPOutputsDict

@@ -1,0 +1,136 @@
+"""End to end: the avap bundle through MONAI's own bundle commands, on synthetic data.
+
+One ``run training`` runs step 1 (backbone + AVM) and then step 2 (APM) from step 1's best checkpoint.
+Known answers: step 2 changed the preference head and nothing else (every frozen tensor, BatchNorm
+statistics included, is bit-identical to the step-1 checkpoint); evaluate.json gives 'Mean Voting',
+'Average' and the set table of the R per-rater outputs, per structure on a two-structure set; the
+per-rater masks follow the synthetic raters' styles (the liberal rater's mask is larger than the
+conservative rater's); inference writes the calibrated map, R masks and an overlay per image; the
+TorchScript export reproduces the checkpoint's outputs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from .bundle_runner import bundle, bundle_ok
+from .conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+CONFIGS = REPO_ROOT / "bundles" / "avap" / "configs"
+TINY_NET = ["--network_def#backbone_channels", "[8,16,32]", "--network_def#feature_channels", "8",
+            "--network_def#agreement_channels", "8"]
+SYNTHETIC = ["--dataset_name", "synthetic", "--rank_raters_by_area", "False", "--intensity_range", "[0,1]", *TINY_NET]
+TRAIN_CONFIGS = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'evaluate.json'}']"
+FAST = ["--val_interval", "3", "--batch_size", "8", "--learning_rate", "0.003", "--stage2_learning_rate", "0.01"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, synthetic_dir) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("avap")
+    out = bundle_ok(["run", "training", "--config_file", str(CONFIGS / "train.json"), "--bundle_root", str(root),
+                     "--dataset_dir", str(synthetic_dir), *SYNTHETIC, "--stage1_epochs", "6", "--stage2_epochs", "4",
+                     *FAST])
+    return root, out
+
+
+def test_training_runs_both_steps_and_step2_changes_only_the_preference_head(trained):
+    root, out = trained
+    assert "[stage II] from" in out and "model_stage1.pt" in out
+    step1 = torch.load(root / "models" / "model_stage1.pt", weights_only=True)
+    step2 = torch.load(root / "models" / "model.pt", weights_only=True)
+    assert step1.keys() == step2.keys()
+    head = [k for k in step1 if k.startswith("preference_head.")]
+    frozen = [k for k in step1 if not k.startswith("preference_head.")]
+    assert head and any("running_mean" in k for k in frozen) and any(k.startswith("agreement_branches.") for k in frozen)
+    assert [k for k in frozen if not torch.equal(step1[k], step2[k])] == []
+    assert not torch.equal(step1["preference_head.controller.weight"], step2["preference_head.controller.weight"])
+
+
+def test_evaluate_reports_mean_voting_average_and_the_set_table(trained, synthetic_dir):
+    root, _ = trained
+    out = bundle_ok(["run", "--config_file", TRAIN_CONFIGS, "--bundle_root", str(root),
+                     "--dataset_dir", str(synthetic_dir), *SYNTHETIC])
+    assert "| AVAP |" in out
+    [row] = json.loads((root / "eval" / "metrics.json").read_text())["rows"]
+    for key in ("mean_voting", "average", "ged", "d_pa", "d_pp", "d_aa", "dice_soft", "dice_max", "dice_match"):
+        assert 0.0 <= row[key] <= 2.0
+    assert row["dice_mean"] == pytest.approx(sum(row[f"dice_A{i}"] for i in range(1, 5)) / 4, abs=1e-6)
+    assert row["mean_voting"] > 0.7 and row["dice_mean"] > 0.7  # it really segments
+    assert row["d_pp"] > 0.0  # the per-rater outputs differ from each other
+
+
+def test_inference_writes_calibrated_map_rater_masks_and_overlay(trained, synthetic_dir, tmp_path):
+    import nibabel as nib
+
+    root, _ = trained
+    images = tmp_path / "images"
+    images.mkdir()
+    sources = sorted((synthetic_dir / "images").glob("*.nii.gz"))[:6]
+    for src in sources:
+        (images / src.name).write_bytes(src.read_bytes())
+    out_dir = tmp_path / "pred"
+    bundle_ok(["run", "--config_file", str(CONFIGS / "inference.json"), "--bundle_root", str(root),
+               "--input_dir", str(images), "--output_dir", str(out_dir), "--intensity_range", "[0,1]", *TINY_NET])
+    stem = sources[0].name[: -len(".nii.gz")]
+    calibrated = nib.load(out_dir / f"{stem}_calibrated.nii.gz").get_fdata().squeeze()
+    assert calibrated.shape == (64, 64) and set((calibrated * 4).round(4).ravel().tolist()) <= {0, 1, 2, 3, 4}
+    assert (out_dir / f"{stem}_overlay.png").is_file()
+    # the synthetic raters' styles: A1 conservative (p > 0.8) < A3 liberal (p > 0.2), summed over images
+    areas = torch.zeros(4)
+    for src in sources:
+        mask = nib.load(out_dir / f"{src.name[: -len('.nii.gz')]}_personalized.nii.gz").get_fdata()
+        assert mask.shape[:2] == (64, 64) and mask.shape[-1] == 4 and set(mask.ravel().tolist()) <= {0.0, 1.0}
+        areas += torch.as_tensor(mask.reshape(64 * 64, 4).sum(0))
+    assert areas[2] > 1.3 * areas[0], f"per-rater areas A1..A4: {areas.tolist()}"
+
+
+def test_export_torchscript_matches_checkpoint(trained, tmp_path):
+    from multirater_monai.networks import AVAP
+
+    root, _ = trained
+    ts_path = tmp_path / "model.ts"
+    bundle_ok(["ckpt_export", "network_def", "--filepath", str(ts_path), "--ckpt_file", str(root / "models" / "model.pt"),
+               "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.json"),
+               "--bundle_root", str(root), *TINY_NET])
+    net = AVAP.build(num_raters=4, backbone_channels=(8, 16, 32), feature_channels=8, agreement_channels=8)
+    net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        expected = net.eval()(x)
+        assert expected.shape == (2, 5 + 4, 64, 64)
+        assert torch.allclose(torch.jit.load(str(ts_path))(x), expected, atol=1e-5)
+
+
+def test_verify_net_in_out_passes():
+    bundle_ok(["verify_net_in_out", "network_def", "--meta_file", str(CONFIGS / "metadata.json"),
+               "--config_file", str(CONFIGS / "inference.json")])
+
+
+def test_two_structures_are_evaluated_per_structure(tmp_path):
+    from multirater_monai.data import prepare_synthetic
+
+    data = tmp_path / "data"
+    prepare_synthetic(data, num_samples=40, num_raters=4, seed=5, size=32, num_structures=2)
+    root = tmp_path / "bundle"
+    two = [*SYNTHETIC, "--num_structures", "2", "--dataset_dir", str(data), "--bundle_root", str(root)]
+    bundle_ok(["run", "training", "--config_file", str(CONFIGS / "train.json"), *two,
+               "--stage1_epochs", "6", "--stage2_epochs", "1", *FAST, "--val_interval", "2", "--batch_size", "4"])
+    bundle_ok(["run", "--config_file", TRAIN_CONFIGS, *two])
+    [row] = json.loads((root / "eval" / "metrics.json").read_text())["rows"]
+    for structure in ("lesion", "core"):  # the datalist's structure names
+        assert {f"{structure}_mean_voting", f"{structure}_average", f"{structure}_ged", f"{structure}_dice_A4"} <= set(row)
+    assert row["lesion_mean_voting"] > 0.5  # the AVM found the lesion in 42 steps
+
+
+def test_evaluate_without_checkpoint_names_the_fix(tmp_path, synthetic_dir):
+    proc = bundle(["run", "--config_file", TRAIN_CONFIGS, "--bundle_root", str(tmp_path),
+                   "--dataset_dir", str(synthetic_dir), *SYNTHETIC])
+    assert proc.returncode != 0
+    assert f"checkpoint not found: {tmp_path}/models/model.pt" in proc.stderr
+    assert "python -m monai.bundle run training" in proc.stderr
