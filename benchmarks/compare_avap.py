@@ -191,6 +191,9 @@ def run_dataset(name: str, args) -> list[dict]:
             out = net.eval()(test[0])
         n_agree = k * (r + 1)
         record(method, t1 + t2, net.calibrated_map(out[:, :n_agree]), torch.sigmoid(out[:, n_agree:]))
+        if method == "AVAP":  # the same network read with the smooth calibrated map (sum_m m p_m / R)
+            net.calibration = "expectation"
+            record("AVAP (expectation map)", t1 + t2, net.calibrated_map(out[:, :n_agree]), torch.sigmoid(out[:, n_agree:]))
 
     # MH-UNet: one output per (structure, rater), every present rater supervised
     torch.manual_seed(args.seed)
