@@ -7,7 +7,9 @@ evaluation tables are gathered into one table (markdown printed, CSV and JSON sa
 * ``unet_fusion`` with majority vote, random rater per sample and STAPLE (rater-blind baselines),
   and with ``--per-rater`` one U-Net per rater (the papers' U-Net (A_k) rows);
 * ``prob_unet`` with 10/30/50 samples;
-* ``dpersona`` Stage I with 10/30/50 samples and Stage II.
+* ``dpersona`` Stage I with 10/30/50 samples and Stage II;
+* ``proseg`` personalized, personalized with 50 z samples, and prior mode with 50 samples; with
+  ``--ablation`` also ProSeg without tau, without Z, and without both (the ProSeg paper's Table 2).
 
 Budget: every method trains ``--epochs`` epochs (D-Persona: Stage I ``--epochs``, then Stage II
 ``--stage2-epochs`` on the frozen Stage I model, as the paper adds Stage II after Stage I).
@@ -47,7 +49,8 @@ def data_overrides(dataset: str, out: Path, qubiq_root: Path) -> tuple[list[str]
     raise SystemExit(f"unknown --dataset {dataset}; choose lidc-phantom or qubiq")
 
 
-def methods(num_raters: int, per_rater: bool, epochs: int, stage2_epochs: int, val_interval: int) -> list[tuple]:
+def methods(num_raters: int, per_rater: bool, epochs: int, stage2_epochs: int, val_interval: int,
+            ablation: bool = False) -> list[tuple]:
     """(label, bundle, overrides) per method."""
     common = ["--val_interval", str(val_interval)]
     runs = [
@@ -61,7 +64,12 @@ def methods(num_raters: int, per_rater: bool, epochs: int, stage2_epochs: int, v
     runs += [
         ("Prob. U-Net", "prob_unet", ["--epochs", str(epochs), *common]),
         ("D-Persona", "dpersona", ["--stage1_epochs", str(epochs), "--stage2_epochs", str(stage2_epochs), *common]),
+        ("ProSeg", "proseg", ["--epochs", str(epochs), *common]),
     ]
+    if ablation:
+        runs += [(f"ProSeg without {name}", "proseg", [*switches, "--epochs", str(epochs), *common]) for name, switches in (
+            ("tau", ["--use_tau", "False"]), ("Z", ["--use_z", "False"]),
+            ("tau and Z", ["--use_tau", "False", "--use_z", "False"]))]
     return runs
 
 
@@ -78,8 +86,9 @@ def bundle(args: list[str], log: Path) -> float:
 
 def evaluation_rows(root: Path, label: str) -> list[dict]:
     doc = json.loads((root / "eval" / "metrics.json").read_text())
-    if "rows" in doc:  # several settings (samples counts, stages)
-        return [{**row, "method": row["setting"]} for row in doc["rows"]]
+    if "rows" in doc:  # several settings (samples counts, stages); an ablation's label replaces the method name
+        return [{**row, "method": row["setting"] if row["setting"].startswith(label)
+                 else label + row["setting"][row["setting"].find(" ("):]} for row in doc["rows"]]
     return [{**doc["summary"], "method": label}]
 
 
@@ -96,6 +105,7 @@ def main() -> None:
     parser.add_argument("--stage2-epochs", type=int, default=10)
     parser.add_argument("--val-interval", type=int, default=2)
     parser.add_argument("--per-rater", action="store_true", help="also train one U-Net per rater")
+    parser.add_argument("--ablation", action="store_true", help="also train ProSeg without tau, without Z, without both")
     parser.add_argument("--only", nargs="*", help="run only the methods whose label contains one of these words")
     parser.add_argument("--qubiq-root", default=str(REPO.parent / "shared" / "data" / "qubiq_brain_growth"))
     parser.add_argument("--out", required=True)
@@ -106,7 +116,8 @@ def main() -> None:
     overrides, num_raters = data_overrides(args.dataset, out, Path(args.qubiq_root))
     rater_cols = [f"dice_A{i + 1}" for i in range(num_raters)] + ["dice_mean"]
     rows, timings = [], []
-    for label, name, extra in methods(num_raters, args.per_rater, args.epochs, args.stage2_epochs, args.val_interval):
+    for label, name, extra in methods(num_raters, args.per_rater, args.epochs, args.stage2_epochs, args.val_interval,
+                                       args.ablation):
         if args.only and not any(word.lower() in label.lower() for word in args.only):
             continue
         root = out / label.replace(" ", "_").replace("(", "").replace(")", "")

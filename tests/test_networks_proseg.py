@@ -64,13 +64,19 @@ def test_ablations_drop_their_terms():
     assert no_z["kl_z"] == 0 and no_z["recon"] == 0 and no_z["kl_tau"] > 0
 
 
-@pytest.mark.parametrize("mode", ["personalized", "samples", "prior"])
+@pytest.mark.parametrize("mode", ["personalized", "samples", "prior", "personalized+prior"])
 def test_output_modes_and_torchscript(mode, tmp_path):
     net = _net(output_mode=mode).eval()
     image = torch.randn(2, 1, 16, 16)
     with torch.no_grad():
         out = net(image)
-        assert out.shape == (2, 3 if mode == "personalized" else 6, 16, 16)
+        assert out.shape == (2, {"personalized": 3, "personalized+prior": 9}.get(mode, 6), 16, 16)
+        if mode == "personalized+prior":  # one pass gives exactly what the two modes give
+            net.set_output_mode("personalized")
+            personalized = net(image)
+            net.set_output_mode("prior")
+            assert torch.equal(out, torch.cat([personalized, net(image)], dim=1))
+            net.set_output_mode(mode)
         assert torch.equal(net(image), out)  # fixed noise: reproducible
         torch.jit.save(torch.jit.script(net), str(tmp_path / "m.ts"))
         assert torch.allclose(torch.jit.load(str(tmp_path / "m.ts"))(image), out, atol=1e-6)

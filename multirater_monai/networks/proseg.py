@@ -41,10 +41,17 @@ Inference ``forward(image) -> (B, S, *sp)`` logits, by ``output_mode``:
   (the diversity that image ambiguity gives), tau the mean of q(tau | r);
 * ``"prior"``: tau sampled from the prior Dir(alpha_0), z sampled from q(z | x) (the paper's
   "ProSeg (prior)"; the paper then takes the z of the rater that the classifier names, which with
-  one shared encoder is the same distribution). :meth:`identify_raters` names that rater.
+  one shared encoder is the same distribution). :meth:`identify_raters` names that rater;
+* ``"personalized+prior"``: both in one pass, R personalized outputs then S prior samples (the
+  bundle's inference output: per-rater masks, and samples for the agreement map).
 
-The noise (z noise and prior tau draws) is a fixed buffer drawn from ``sample_seed``, so inference
-and a TorchScript export are reproducible; ``sample_seed=None`` draws fresh noise at each call.
+The noise is fixed by ``sample_seed``, so inference and a TorchScript export are reproducible
+(``sample_seed=None`` draws fresh noise at each call): the prior tau draws are a buffer, and z's
+noise is drawn per pixel, as in training, from a generator seeded at each call (one noise map per
+sample, the same for every image of a batch). Noise constant over the map would not do: the
+predictor learned from per-pixel draws, and one coherent shift of the whole map moved the samples
+far from every rater (measured on synthetic raters: d_pa 0.69 and Dice_soft 0.28 for 50 samples,
+against d_pa 0.41 for the personalized outputs).
 Ablations (the paper's Table 2): ``use_tau=False`` feeds zeros for tau and drops the tau terms;
 ``use_z=False`` uses z's mean without noise and drops the Z KL and the reconstruction.
 """
@@ -65,7 +72,7 @@ from .prob_unet import _KEEP, check_multirater_batch
 
 __all__ = ["ProSeg", "PROSEG_OUTPUT_MODES"]
 
-PROSEG_OUTPUT_MODES = ("personalized", "samples", "prior")
+PROSEG_OUTPUT_MODES = ("personalized", "samples", "prior", "personalized+prior")
 
 
 class ProSeg(nn.Module):
@@ -119,7 +126,7 @@ class ProSeg(nn.Module):
         self.z_head = conv(feature_channels, 2 * z_channels, kernel_size=1)
         # p(x | z_i)
         self.image_decoder = nn.Sequential(
-            conv(z_channels, hidden, kernel_size=3, padding=1), nn.ReLU(),
+            conv(z_channels, hidden, kernel_size=3, padding=1), nn.ReLU(inplace=True),
             conv(hidden, in_channels, kernel_size=3, padding=1),
         )
         # q(tau | r) = Dir(softplus(embedding_r)); p(r | tau) an MLP
@@ -127,8 +134,8 @@ class ProSeg(nn.Module):
         self.classifier = nn.Sequential(nn.Linear(tau_dim, hidden), nn.ReLU(), nn.Linear(hidden, r))
         # p(y | tau_i, z_i), one predictor shared by all raters
         self.predictor = nn.Sequential(
-            conv(z_channels + tau_dim, hidden, kernel_size=3, padding=1), nn.ReLU(),
-            conv(hidden, hidden, kernel_size=3, padding=1), nn.ReLU(),
+            conv(z_channels + tau_dim, hidden, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+            conv(hidden, hidden, kernel_size=3, padding=1), nn.ReLU(inplace=True),
             conv(hidden, 1, kernel_size=1),
         )
         self.prior_concentration = float(prior_concentration)
@@ -138,9 +145,9 @@ class ProSeg(nn.Module):
         self.set_output_mode(output_mode)
         self.sample_seed = sample_seed
         self.random_sampling = sample_seed is None
-        z_noise, prior_tau = self._draw_noise(num_samples, sample_seed)
-        self.register_buffer("z_noise", z_noise, persistent=False)  # (S, z_channels), one per map, tiled
-        self.register_buffer("prior_tau", prior_tau, persistent=False)  # (S, tau_dim) draws of Dir(alpha_0)
+        self.noise_seed = 0 if sample_seed is None else int(sample_seed)
+        # (S, tau_dim) draws of Dir(alpha_0)
+        self.register_buffer("prior_tau", self._draw_prior_tau(num_samples, sample_seed), persistent=False)
 
     @classmethod
     def build(
@@ -159,28 +166,28 @@ class ProSeg(nn.Module):
         return cls(backbone, num_raters, feature_channels, in_channels=in_channels, spatial_dims=spatial_dims, **kwargs)
 
     # ------------------------------------------------------------------ noise and distributions
-    def _draw_noise(self, num_samples: int, seed: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _draw_prior_tau(self, num_samples: int, seed: int | None) -> torch.Tensor:
         concentration = torch.full((num_samples, self.tau_dim), self.prior_concentration)
         if seed is None:
-            z_noise, gamma = torch.randn(num_samples, self.z_channels), torch._standard_gamma(concentration)
+            gamma = torch._standard_gamma(concentration)
         else:  # _standard_gamma takes no generator: seed a forked global generator instead
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(seed))
-                z_noise, gamma = torch.randn(num_samples, self.z_channels), torch._standard_gamma(concentration)
-        return z_noise, gamma / gamma.sum(-1, keepdim=True)
+                gamma = torch._standard_gamma(concentration)
+        return gamma / gamma.sum(-1, keepdim=True)
 
     @property
     def num_samples(self) -> int:
-        return int(self.z_noise.shape[0])
+        return int(self.prior_tau.shape[0])
 
     def set_sampling(self, num_samples: int | None = None, sample_seed: Any = _KEEP) -> None:
         """Change the number of samples and/or the seed (None: fresh noise at every call)."""
         if sample_seed is not _KEEP:
             self.sample_seed = sample_seed
             self.random_sampling = sample_seed is None
-        z_noise, prior_tau = self._draw_noise(self.num_samples if num_samples is None else int(num_samples),
-                                              self.sample_seed)
-        self.z_noise, self.prior_tau = z_noise.to(self.z_noise), prior_tau.to(self.prior_tau)
+            self.noise_seed = 0 if sample_seed is None else int(sample_seed)
+        n = self.num_samples if num_samples is None else int(num_samples)
+        self.prior_tau = self._draw_prior_tau(n, self.sample_seed).to(self.prior_tau)
 
     def set_output_mode(self, output_mode: str) -> None:
         if output_mode not in PROSEG_OUTPUT_MODES:
@@ -218,26 +225,42 @@ class ProSeg(nn.Module):
         mu, log_sigma = self._z_params(self.backbone(image))
         alpha = self.tau_concentration()
         tau_mean = alpha / alpha.sum(-1, keepdim=True)  # (R, tau_dim)
-        b = image.shape[0]
         if self.output_mode == "personalized":
-            z_mean = mu.unsqueeze(1).expand([-1, self.num_raters] + list(mu.shape[1:]))
-            return self._predict(z_mean, tau_mean.unsqueeze(0).expand(b, -1, -1))
+            return self._personalized(mu, tau_mean)
         if self.output_mode == "samples":
             raters = torch.arange(self.num_samples, device=image.device) % self.num_raters
-            tau = tau_mean[raters]
-        else:  # "prior": tau from Dir(alpha_0)
-            tau = self.prior_tau
-            if self.random_sampling:
-                gamma = torch._standard_gamma(torch.full_like(tau, self.prior_concentration))
-                tau = gamma / gamma.sum(-1, keepdim=True)
-        noise = self.z_noise
+            return self._sampled(mu, log_sigma, tau_mean[raters])
+        prior = self._sampled(mu, log_sigma, self._prior_tau())
+        if self.output_mode == "prior":
+            return prior
+        return torch.cat([self._personalized(mu, tau_mean), prior], dim=1)  # "personalized+prior"
+
+    def _personalized(self, mu: torch.Tensor, tau_mean: torch.Tensor) -> torch.Tensor:
+        """R outputs: rater r's mean tau with the mean of q(z | x)."""
+        z_mean = mu.unsqueeze(1).expand([-1, self.num_raters] + list(mu.shape[1:]))
+        return self._predict(z_mean, tau_mean.unsqueeze(0).expand(mu.shape[0], -1, -1))
+
+    def _prior_tau(self) -> torch.Tensor:
+        """(S, tau_dim) draws of the prior Dir(alpha_0): the fixed buffer, or fresh ones."""
+        tau = self.prior_tau
         if self.random_sampling:
-            noise = torch.randn_like(noise)
-        shape = [1, self.num_samples, self.z_channels] + [1] * (mu.dim() - 2)
+            gamma = torch._standard_gamma(torch.full_like(tau, self.prior_concentration))
+            tau = gamma / gamma.sum(-1, keepdim=True)
+        return tau
+
+    def _sampled(self, mu: torch.Tensor, log_sigma: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """S outputs: sample s has tau[s] (S, tau_dim) and its own per-pixel draw of z from q(z | x)."""
         z = mu.unsqueeze(1).expand([-1, self.num_samples] + list(mu.shape[1:]))
         if self.use_z:
-            z = z + torch.exp(log_sigma).unsqueeze(1) * noise.view(shape)
-        return self._predict(z, tau.unsqueeze(0).expand(b, -1, -1))
+            shape = [self.num_samples] + list(mu.shape[1:])  # (S, z_channels, *sp), shared by the batch
+            if self.random_sampling:
+                noise = torch.randn(shape, device=mu.device, dtype=mu.dtype)
+            else:
+                generator = torch.Generator(device=mu.device)
+                generator.manual_seed(self.noise_seed)
+                noise = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)
+            z = z + torch.exp(log_sigma).unsqueeze(1) * noise.unsqueeze(0)
+        return self._predict(z, tau.unsqueeze(0).expand(mu.shape[0], -1, -1))
 
     @torch.jit.unused
     def identify_raters(self, tau: torch.Tensor) -> torch.Tensor:
