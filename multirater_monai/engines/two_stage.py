@@ -25,6 +25,8 @@ def begin_stage2(network: torch.nn.Module, stage1_checkpoint: str, map_location=
     )
     network.start_stage2()
     trained = sum(p.numel() for p in network.parameters() if p.requires_grad)
-    print(f"[stage II] from {stage1_checkpoint}: {trained} trainable parameters (projection heads), rest frozen",
+    # name the parts that still train (D-Persona: rater_heads; AVAP: preference_head)
+    parts = sorted({name.split(".")[0] for name, p in network.named_parameters() if p.requires_grad})
+    print(f"[stage II] from {stage1_checkpoint}: {trained} trainable parameters ({', '.join(parts)}), rest frozen",
           flush=True)
     return network
