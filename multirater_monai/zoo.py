@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {write_index()}")
         return 0
     if command == "record":
-        if len(argv) < 2:
+        if len(argv) < 2 or argv[1].startswith("-"):
             print('usage: python -m multirater_monai.zoo record bundles/NAME "how the run was made"')
             return 2
         print(f"wrote {record_reference_metrics(argv[1], argv[2] if len(argv) > 2 else '')}")
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print("model_zoo.json is up to date")
         return 0
-    print("usage: python -m multirater_monai.zoo [build|check]")
+    print('usage: python -m multirater_monai.zoo [build | check | record bundles/NAME "how the run was made"]')
     return 2
 
 
