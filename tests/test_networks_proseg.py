@@ -114,3 +114,18 @@ def test_learns_rater_identity_and_style_on_synthetic_raters():
     # personalized outputs follow their rater better than rater-agnostic prior samples do
     assert personalized.mean() > prior.mean() + 0.02, (personalized, prior)
     assert personalized[0] > prior[0] and personalized[2] > prior[2], (personalized, prior)
+
+
+def test_kl_z_warmup_raises_the_kl_weight_linearly_then_holds_it():
+    net = _net(kl_z_warmup_steps=4).train()
+    image, label = torch.randn(2, 1, 8, 8), (torch.rand(2, 3, 8, 8) > 0.5).float()
+    pixels = 64.0
+    for step, weight in enumerate([0.25, 0.5, 0.75, 1.0, 1.0], start=1):
+        t = net.training_objective(image, label)
+        rest = t["recon"] + t["seg"] + (t["classification"] + t["kl_tau"]) / pixels
+        assert float(t["loss"]) == pytest.approx(float(rest + weight * t["kl_z"]), rel=1e-5), step
+    assert int(net.training_steps) == 5
+    net.eval()  # evaluation reports the full ELBO
+    t = net.training_objective(image, label)
+    assert float(t["loss"]) == pytest.approx(
+        float(t["recon"] + t["seg"] + t["kl_z"] + (t["classification"] + t["kl_tau"]) / pixels), rel=1e-5)

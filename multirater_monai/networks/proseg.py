@@ -90,6 +90,10 @@ class ProSeg(nn.Module):
         hidden: channels of the decoders and the predictor.
         num_samples: S of the ``"samples"`` and ``"prior"`` modes.
         recon_weight, class_weight, seg_weight, kl_z_weight, kl_tau_weight: loss weights (all 1 in eq. 9).
+        kl_z_warmup_steps: the weight of KL(q(Z|x) || N(0, I)) rises linearly from 0 to ``kl_z_weight``
+            over this many training steps (0: the full weight from the start, as eq. 9). At full weight
+            from step 0, z carries little of the image (its KL is paid per pixel) and the predictor
+            can sit on the all-background answer for hundreds of steps.
         use_tau, use_z: ablation switches.
         output_mode: see the module docstring.
         sample_seed: seed of the fixed inference noise, or None for fresh noise at every call.
@@ -112,6 +116,7 @@ class ProSeg(nn.Module):
         seg_weight: float = 1.0,
         kl_z_weight: float = 1.0,
         kl_tau_weight: float = 1.0,
+        kl_z_warmup_steps: int = 0,
         use_tau: bool = True,
         use_z: bool = True,
         output_mode: str = "personalized",
@@ -142,6 +147,8 @@ class ProSeg(nn.Module):
         self.weights = {"recon": float(recon_weight), "classification": float(class_weight),
                         "seg": float(seg_weight), "kl_z": float(kl_z_weight), "kl_tau": float(kl_tau_weight)}
         self.use_tau, self.use_z = bool(use_tau), bool(use_z)
+        self.kl_z_warmup_steps = int(kl_z_warmup_steps)
+        self.register_buffer("training_steps", torch.zeros((), dtype=torch.long), persistent=False)
         self.set_output_mode(output_mode)
         self.sample_seed = sample_seed
         self.random_sampling = sample_seed is None
@@ -308,7 +315,12 @@ class ProSeg(nn.Module):
         # eq. 7 divided by the number of pixels: the mask, image and Z terms are sums over pixels in the
         # ELBO (here per-pixel means), the rater terms are one number per rater (divided by the pixels)
         pixels = float(label[0, 0].numel())
-        loss = (w["recon"] * recon + w["seg"] * seg + w["kl_z"] * kl_z
+        kl_z_weight = w["kl_z"]
+        if self.training and self.kl_z_warmup_steps > 0:
+            kl_z_weight *= min(1.0, float(self.training_steps + 1) / self.kl_z_warmup_steps)
+        if self.training:
+            self.training_steps += 1
+        loss = (w["recon"] * recon + w["seg"] * seg + kl_z_weight * kl_z
                 + (w["classification"] * classification + w["kl_tau"] * kl_tau) / pixels)
         return {"loss": loss, "recon": recon, "classification": classification, "seg": seg,
                 "kl_z": kl_z, "kl_tau": kl_tau}
