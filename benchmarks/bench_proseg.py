@@ -1,0 +1,104 @@
+"""Benchmark: ProSeg training step and inference (personalized outputs, 50 prior samples).
+
+Configurations:
+
+* ``paper``: ResNet34-encoder U-Net (FlexibleUNet, 16 feature channels), z 8 channels, hidden 64,
+  tau 8, 128x128, batch 12 (appendix C.2; the bundle's ``train_paper.json``);
+* ``small128``: the bundle's CPU network (MONAI UNet 16-32-64-128, z 4, hidden 16) at 128x128, batch 12;
+* ``cpu``: the bundle's CPU default as trained: the small network on 64x64 crops, batch 16.
+
+Each configuration runs in its own subprocess so that the peak resident set size
+(``resource.getrusage``) belongs to it alone. A step = ELBO objective (4 raters, one z draw each,
+image decoder, classifier) + backward + Adam step on random images and rater stacks; the time is
+the median of ``--repeats`` steps after one warm-up step. Inference on one image: the 4
+personalized outputs, 50 prior-mode samples (backbone once, one batched predictor call), and the
+bundle's inference output (4 personalized + 16 prior samples).
+
+    python benchmarks/bench_proseg.py [--repeats 5] [--threads 2] [--configs paper small128 cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+from bench_dpersona import _cpu_model, _median_time, _rss_mb
+
+CONFIGS = {
+    "paper": dict(encoder="resnet34", z_channels=8, hidden=64),
+    "small128": dict(encoder="small", z_channels=4, hidden=16),
+    "cpu": dict(encoder="small", z_channels=4, hidden=16),
+}
+WORKLOAD = {"paper": (128, 12), "small128": (128, 12), "cpu": (64, 16)}  # (image side, batch)
+
+
+def worker(config: str, repeats: int, threads: int) -> dict:
+    import torch
+
+    from multirater_monai.networks import ProSeg
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    net = ProSeg.build(num_raters=4, tau_dim=8, **CONFIGS[config])
+    result = {"params_M": sum(p.numel() for p in net.parameters()) / 1e6}
+    size, batch = WORKLOAD[config]
+    image = torch.randn(batch, 1, size, size)
+    label = (torch.rand(batch, 4, size, size) > 0.5).float()
+    optimizer = torch.optim.Adam(net.parameters_to_train(), lr=1e-4)
+    result["rss_start_MB"] = _rss_mb()
+
+    def step():
+        net.train()
+        loss = net.training_objective(image, label)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    result["step_s"] = _median_time(step, repeats)
+    result["peak_rss_MB"] = _rss_mb()
+    one = image[:1]
+    net.eval()
+    with torch.no_grad():
+        for mode, samples, key in (("personalized", 16, "personalized4_ms"), ("prior", 50, "prior50_ms"),
+                                   ("personalized+prior", 16, "bundle_output_ms")):
+            net.set_output_mode(mode)
+            net.set_sampling(num_samples=samples)
+            result[key] = 1e3 * _median_time(lambda: net(one), repeats)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--worker", metavar="CONFIG", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.repeats, args.threads)))
+        return
+
+    import torch
+
+    print("command: python " + " ".join(sys.argv))
+    print(f"machine: {_cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"workload: 4 raters, tau 8; image side and batch per config {WORKLOAD}; inference on one image of "
+          f"that side; median of {args.repeats}\n")
+    print("| config | params (M) | train step (s) | peak RSS (MB) | 4 personalized (ms) | 50 prior samples (ms) "
+          "| bundle output, 4 + 16 (ms) |")
+    print("|---" * 7 + "|")
+    for config in args.configs:
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", config,
+               "--repeats", str(args.repeats), "--threads", str(args.threads)]
+        res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        print(f"| {config} | {res['params_M']:.2f} | {res['step_s']:.3f} | {res['peak_rss_MB']:.0f} "
+              f"(start {res['rss_start_MB']:.0f}) | {res['personalized4_ms']:.1f} | {res['prior50_ms']:.1f} | "
+              f"{res['bundle_output_ms']:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
