@@ -22,3 +22,47 @@ def bundle_ok(args: list[str]) -> str:
     proc = bundle(args)
     assert proc.returncode == 0, f"monai.bundle {' '.join(args[:3])} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc.stdout + proc.stderr
+
+
+def run_inference(configs: Path, root: Path, synthetic_dir: Path, tmp_path: Path, overrides: list[str],
+                  num_images: int = 6) -> tuple[Path, list[Path]]:
+    """Copy ``num_images`` synthetic images to a folder and run the bundle's inference.json on it.
+
+    Returns the output folder and the source images (their stems name the outputs)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    sources = sorted((synthetic_dir / "images").glob("*.nii.gz"))[:num_images]
+    for src in sources:
+        (images / src.name).write_bytes(src.read_bytes())
+    out_dir = tmp_path / "pred"
+    bundle_ok(["run", "--config_file", str(configs / "inference.json"), "--bundle_root", str(root),
+               "--input_dir", str(images), "--output_dir", str(out_dir), *overrides])
+    return out_dir, sources
+
+
+def stem(path: Path) -> str:
+    return path.name[: -len(".nii.gz")]
+
+
+def rater_areas(out_dir: Path, sources: list[Path], postfix: str = "personalized", num_raters: int = 4):
+    """Foreground pixels per rater channel of ``<stem>_<postfix>.nii.gz``, summed over the images."""
+    import nibabel as nib
+    import torch
+
+    areas = torch.zeros(num_raters)
+    for src in sources:
+        mask = nib.load(out_dir / f"{stem(src)}_{postfix}.nii.gz").get_fdata()
+        assert set(mask.ravel().tolist()) <= {0.0, 1.0}, "the per-rater masks should be binary"
+        areas += torch.as_tensor(mask.reshape(-1, num_raters).sum(0))
+    return areas
+
+
+def export_torchscript(configs: Path, root: Path, tmp_path: Path, overrides: list[str]):
+    """``ckpt_export`` of the bundle's trained ``models/model.pt``; returns the loaded TorchScript module."""
+    import torch
+
+    ts_path = tmp_path / "model.ts"
+    bundle_ok(["ckpt_export", "network_def", "--filepath", str(ts_path), "--ckpt_file", str(root / "models" / "model.pt"),
+               "--meta_file", str(configs / "metadata.json"), "--config_file", str(configs / "inference.json"),
+               "--bundle_root", str(root), *overrides])
+    return torch.jit.load(str(ts_path))

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from .bundle_runner import bundle, bundle_ok
+from .bundle_runner import bundle, bundle_ok, export_torchscript, rater_areas, run_inference
+from .bundle_runner import stem as stem_of
 from .conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -69,24 +70,16 @@ def test_inference_writes_calibrated_map_rater_masks_and_overlay(trained, synthe
     import nibabel as nib
 
     root, _ = trained
-    images = tmp_path / "images"
-    images.mkdir()
-    sources = sorted((synthetic_dir / "images").glob("*.nii.gz"))[:6]
-    for src in sources:
-        (images / src.name).write_bytes(src.read_bytes())
-    out_dir = tmp_path / "pred"
-    bundle_ok(["run", "--config_file", str(CONFIGS / "inference.json"), "--bundle_root", str(root),
-               "--input_dir", str(images), "--output_dir", str(out_dir), "--intensity_range", "[0,1]", *TINY_NET])
-    stem = sources[0].name[: -len(".nii.gz")]
+    out_dir, sources = run_inference(CONFIGS, root, synthetic_dir, tmp_path, ["--intensity_range", "[0,1]", *TINY_NET])
+    stem = stem_of(sources[0])
     calibrated = nib.load(out_dir / f"{stem}_calibrated.nii.gz").get_fdata().squeeze()
     assert calibrated.shape == (64, 64) and set((calibrated * 4).round(4).ravel().tolist()) <= {0, 1, 2, 3, 4}
     assert (out_dir / f"{stem}_overlay.png").is_file()
     # the synthetic raters' styles: A1 conservative (p > 0.8) < A3 liberal (p > 0.2), summed over images
-    areas = torch.zeros(4)
     for src in sources:
-        mask = nib.load(out_dir / f"{src.name[: -len('.nii.gz')]}_personalized.nii.gz").get_fdata()
-        assert mask.shape[:2] == (64, 64) and mask.shape[-1] == 4 and set(mask.ravel().tolist()) <= {0.0, 1.0}
-        areas += torch.as_tensor(mask.reshape(64 * 64, 4).sum(0))
+        mask = nib.load(out_dir / f"{stem_of(src)}_personalized.nii.gz").get_fdata()
+        assert mask.shape[:2] == (64, 64) and mask.shape[-1] == 4
+    areas = rater_areas(out_dir, sources)  # also checks the masks are binary
     assert areas[2] > 1.3 * areas[0], f"per-rater areas A1..A4: {areas.tolist()}"
 
 
@@ -94,17 +87,14 @@ def test_export_torchscript_matches_checkpoint(trained, tmp_path):
     from multirater_monai.networks import AVAP
 
     root, _ = trained
-    ts_path = tmp_path / "model.ts"
-    bundle_ok(["ckpt_export", "network_def", "--filepath", str(ts_path), "--ckpt_file", str(root / "models" / "model.pt"),
-               "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.json"),
-               "--bundle_root", str(root), *TINY_NET])
+    exported = export_torchscript(CONFIGS, root, tmp_path, TINY_NET)
     net = AVAP.build(num_raters=4, backbone_channels=(8, 16, 32), feature_channels=8, agreement_channels=8)
     net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
         expected = net.eval()(x)
         assert expected.shape == (2, 5 + 4, 64, 64)
-        assert torch.allclose(torch.jit.load(str(ts_path))(x), expected, atol=1e-5)
+        assert torch.allclose(exported(x), expected, atol=1e-5)
 
 
 def test_verify_net_in_out_passes():

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from .bundle_runner import bundle, bundle_ok
+from .bundle_runner import bundle, bundle_ok, export_torchscript, rater_areas, run_inference
+from .bundle_runner import stem as stem_of
 from .conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -83,15 +84,8 @@ def test_inference_writes_personalized_samples_agreement_and_overlay(trained, sy
     import nibabel as nib
 
     root, _ = trained
-    images = tmp_path / "images"
-    images.mkdir()
-    sources = sorted((synthetic_dir / "images").glob("*.nii.gz"))[:6]
-    for src in sources:
-        (images / src.name).write_bytes(src.read_bytes())
-    out_dir = tmp_path / "pred"
-    bundle_ok(["run", "--config_file", str(CONFIGS / "inference.json"), "--bundle_root", str(root),
-               "--input_dir", str(images), "--output_dir", str(out_dir), "--intensity_range", "[0,1]", *TINY_NET])
-    stem = sources[0].name[: -len(".nii.gz")]
+    out_dir, sources = run_inference(CONFIGS, root, synthetic_dir, tmp_path, ["--intensity_range", "[0,1]", *TINY_NET])
+    stem = stem_of(sources[0])
     personalized = nib.load(out_dir / f"{stem}_personalized.nii.gz").get_fdata()
     samples = nib.load(out_dir / f"{stem}_samples.nii.gz").get_fdata()
     agreement = nib.load(out_dir / f"{stem}_agreement.nii.gz").get_fdata()
@@ -100,10 +94,7 @@ def test_inference_writes_personalized_samples_agreement_and_overlay(trained, sy
     assert agreement.squeeze() == pytest.approx(samples.reshape(64, 64, 6).mean(-1))
     assert (out_dir / f"{stem}_overlay.png").is_file()
     # the synthetic raters' styles: A1 conservative (p > 0.8) < A3 liberal (p > 0.2), summed over images
-    areas = torch.zeros(4)
-    for src in sources:
-        mask = nib.load(out_dir / f"{src.name[: -len('.nii.gz')]}_personalized.nii.gz").get_fdata()
-        areas += torch.as_tensor(mask.reshape(64 * 64, 4).sum(0))
+    areas = rater_areas(out_dir, sources)
     assert areas[2] > 1.3 * areas[0], f"personalized areas A1..A4: {areas.tolist()}"
 
 
@@ -111,11 +102,7 @@ def test_export_torchscript_matches_checkpoint(trained, tmp_path):
     from multirater_monai.networks import ProSeg
 
     root, _ = trained
-    ts_path = tmp_path / "model.ts"
-    bundle_ok(["ckpt_export", "network_def", "--filepath", str(ts_path), "--ckpt_file", str(root / "models" / "model.pt"),
-               "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.json"),
-               "--bundle_root", str(root), *TINY_NET])
-    exported = torch.jit.load(str(ts_path))
+    exported = export_torchscript(CONFIGS, root, tmp_path, TINY_NET)
     net = ProSeg.build(num_raters=4, backbone_channels=(8, 16, 32), feature_channels=8, hidden=8, num_samples=6,
                        output_mode="personalized+prior")
     net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
