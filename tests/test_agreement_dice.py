@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from multirater_monai.data.errors import MultiRaterDataError
+from multirater_monai.utils.errors import MultiRaterDataError
 from multirater_monai.metrics import (
     AverageRaterDiceMetric,
     CalibratedPersonalizedSaver,

@@ -12,7 +12,7 @@ from multirater_monai.data import (
     agreement_label,
     agreement_probability,
 )
-from multirater_monai.data.errors import MultiRaterDataError
+from multirater_monai.utils.errors import MultiRaterDataError
 
 # three raters on a 2x3 image: pixel (0,0) nobody, (0,1) rater 1, (0,2) raters 1+2, (1,0) all three,
 # (1,1) raters 2+3, (1,2) rater 3

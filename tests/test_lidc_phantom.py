@@ -15,7 +15,7 @@ import pytest
 from scipy.ndimage import binary_dilation
 
 from multirater_monai.data import lidc_phantom
-from multirater_monai.data.errors import MultiRaterDataError
+from multirater_monai.utils.errors import MultiRaterDataError
 from multirater_monai.data.lidc_phantom import prepare_lidc_phantom, split_patients
 
 SECTIONS = ("training", "validation", "test")

@@ -8,7 +8,7 @@ import torch
 from monai.losses import DiceCELoss
 
 from multirater_monai.data import agreement_label, make_synthetic_sample
-from multirater_monai.data.errors import MultiRaterDataError
+from multirater_monai.utils.errors import MultiRaterDataError
 from multirater_monai.metrics import soft_dice
 from multirater_monai.networks import AVAP
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from multirater_monai.data.errors import MultiRaterDataError
+from multirater_monai.utils.errors import MultiRaterDataError
 from multirater_monai.metrics import (
     DiceMatchMetric,
     DiceMaxMetric,

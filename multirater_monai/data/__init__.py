@@ -36,10 +36,10 @@ from .dictionary import (
     MultiRaterLoadingd,
     multirater_loading,
 )
-from .errors import MultiRaterDataError, find_data_error
+from ..utils.errors import MultiRaterDataError, find_data_error
 from .qubiq import prepare_qubiq, qubiq_entries
 from .rater_selection import entries_for_fusion, entries_with_rater
-from .registry import ensure_dataset, prepare_dataset
+from .registry import ensure_dataset, prepare_dataset, quick_options
 from .split_channels import SplitChannelGroupsD, SplitChannelGroupsd, SplitChannelGroupsDict
 from .synthetic import SyntheticMultiRaterDataset, make_synthetic_sample, prepare_synthetic
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .errors import MultiRaterDataError, find_data_error
+from ..utils.errors import MultiRaterDataError, find_data_error
 
 
 def prepare(name: str, out: str, **options) -> str:

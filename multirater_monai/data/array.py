@@ -13,10 +13,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import LoadImage, Randomizable, SqueezeDim, Transform
-from monai.utils import convert_to_tensor
+from monai.transforms import InvertibleTransform, LoadImage, Randomizable, SqueezeDim, Transform
+from monai.utils import TraceKeys, convert_to_tensor
 
-from .errors import MultiRaterDataError
+from ..utils.errors import MultiRaterDataError
 
 __all__ = [
     "CheckFilesExist",
@@ -92,28 +92,45 @@ class CheckFinite(Transform):
         return img
 
 
-class EnsureSpatialDims(Transform):
-    """Drop trailing size-1 spatial axes of a channel-first array until it has ``spatial_dims`` of them.
+class EnsureSpatialDims(InvertibleTransform):
+    """Drop size-1 spatial axes of a channel-first array until it has ``spatial_dims`` of them; invertible.
 
-    QUBIQ stores 2D slices as ``(H, W, 1)`` volumes; with ``spatial_dims=2`` they load as
-    ``(C, H, W)`` like every other 2D data set. The affine is reduced with the axis (MONAI ``SqueezeDim``).
+    QUBIQ stores 2D slices as ``(H, W, 1)`` volumes and some tools write a 2D slice channel-first as
+    ``(1, H, W)``; with ``spatial_dims=2`` both load as ``(C, H, W)`` like every other 2D data set.
+    Trailing axes go first, then leading ones; the affine is reduced with each axis (MONAI
+    ``SqueezeDim``). The original spatial shape and affine are recorded, so :meth:`inverse` puts a
+    network output ``(C', *spatial)`` back into the file's geometry (``Invertd`` after inference).
     """
 
     def __init__(self, spatial_dims: int) -> None:
         if spatial_dims not in (1, 2, 3):
             raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}.")
         self.spatial_dims = spatial_dims
-        self._squeeze = SqueezeDim(dim=-1)
+        self._squeeze_last = SqueezeDim(dim=-1)
+        self._squeeze_first = SqueezeDim(dim=1)
 
     def __call__(self, img, name: str | None = None):
-        while img.ndim - 1 > self.spatial_dims and img.shape[-1] == 1:
-            img = self._squeeze(img)
+        original_shape = tuple(img.shape[1:])
+        original_affine = img.affine.clone() if isinstance(img, MetaTensor) else None
+        while img.ndim - 1 > self.spatial_dims and (img.shape[-1] == 1 or img.shape[1] == 1):
+            img = self._squeeze_last(img) if img.shape[-1] == 1 else self._squeeze_first(img)
         if img.ndim - 1 != self.spatial_dims:
             raise MultiRaterDataError(
                 f"{name or source_name(img)} has channel-first shape {tuple(img.shape)}, which is not "
                 f"{self.spatial_dims}D; fix: set spatial_dims={img.ndim - 1} or resample/slice the file."
             )
+        if isinstance(img, MetaTensor):
+            self.push_transform(img, orig_size=original_shape, extra_info={"affine": original_affine})
         return img
+
+    def inverse(self, data):
+        """Reshape ``(C, *spatial)`` back to ``(C, *original spatial shape)`` with the original affine."""
+        transform = self.pop_transform(data)
+        shape = tuple(transform[TraceKeys.ORIG_SIZE])
+        out = data.reshape(data.shape[0], *shape)
+        if isinstance(out, MetaTensor) and transform[TraceKeys.EXTRA_INFO].get("affine") is not None:
+            out.affine = transform[TraceKeys.EXTRA_INFO]["affine"]
+        return out
 
 
 class LoadRaterStack(Transform):

@@ -17,7 +17,7 @@ from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type, convert_to_tensor
 
 from .agreement_label import CALIBRATION_MODES, agreement_probability
-from .errors import MultiRaterDataError
+from ..utils.errors import MultiRaterDataError
 
 __all__ = ["AVAPOutputsd", "AVAPOutputsD", "AVAPOutputsDict"]
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write_json
-from .errors import MultiRaterDataError
+from ..utils.atomic import atomic_write_json
+from ..utils.errors import MultiRaterDataError
 
 __all__ = [
     "DATALIST_SECTIONS",

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 from monai.config import KeysCollection
-from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, MapTransform, Randomizable, Transform
+from monai.transforms import Compose, EnsureChannelFirstd, InvertibleTransform, LoadImaged, MapTransform, Randomizable, Transform
 from monai.utils import ensure_tuple_rep
 
 from .array import CheckFilesExist, CheckFinite, EnsureSpatialDims, FuseRaters, LoadRaterStack, RankRatersByArea, source_name
@@ -56,8 +56,8 @@ class CheckFinited(MapTransform):
         return d
 
 
-class EnsureSpatialDimsd(MapTransform):
-    """Dictionary twin of :class:`EnsureSpatialDims` (drop trailing size-1 axes, e.g. QUBIQ's ``(H, W, 1)``)."""
+class EnsureSpatialDimsd(MapTransform, InvertibleTransform):
+    """Dictionary twin of :class:`EnsureSpatialDims` (drop size-1 axes, e.g. QUBIQ's ``(H, W, 1)``); invertible."""
 
     def __init__(self, keys: KeysCollection, spatial_dims: int, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -67,6 +67,12 @@ class EnsureSpatialDimsd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.converter(d[key])
+        return d
+
+    def inverse(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter.inverse(d[key])
         return d
 
 

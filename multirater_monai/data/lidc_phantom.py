@@ -83,9 +83,9 @@ from scipy.ndimage import gaussian_filter
 from scipy.spatial.distance import cdist
 from scipy.special import expit
 
-from .atomic import atomic_output_dir
+from ..utils.atomic import atomic_output_dir
 from .datalist import write_multirater_datalist
-from .errors import MultiRaterDataError
+from ..utils.errors import MultiRaterDataError
 
 __all__ = [
     "QUICK_DEFAULT",

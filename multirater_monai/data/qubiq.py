@@ -15,9 +15,9 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from .atomic import atomic_output_dir
+from ..utils.atomic import atomic_output_dir
 from .datalist import split_entries, write_multirater_datalist
-from .errors import MultiRaterDataError
+from ..utils.errors import MultiRaterDataError
 
 __all__ = ["qubiq_entries", "prepare_qubiq", "default_qubiq_root"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .errors import MultiRaterDataError
+from ..utils.errors import MultiRaterDataError
 
 __all__ = ["entries_with_rater", "entries_for_fusion"]
 

@@ -7,9 +7,9 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import MultiRaterDataError
+from ..utils.errors import MultiRaterDataError
 
-__all__ = ["DATASETS", "prepare_dataset", "ensure_dataset", "dataset_preparer"]
+__all__ = ["DATASETS", "prepare_dataset", "ensure_dataset", "dataset_preparer", "quick_options"]
 
 
 def _synthetic():
@@ -74,3 +74,13 @@ def ensure_dataset(name: str, out_dir: str | os.PathLike, **kwargs) -> str:
     if datalist.is_file():
         return str(datalist)
     return prepare_dataset(name, out_dir, **kwargs)
+
+
+def quick_options(name: str) -> dict:
+    """The options of a data set's quick subset that the CPU defaults prepare (lidc-phantom: 100 patients,
+    64x64 crops); ``{}`` for data sets without one."""
+    if str(name).replace("_", "-").lower() == "lidc-phantom":
+        from .lidc_phantom import QUICK_DEFAULT
+
+        return dict(QUICK_DEFAULT)
+    return {}

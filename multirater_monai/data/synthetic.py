@@ -36,7 +36,7 @@ from monai.data import Dataset, MetaTensor
 from monai.transforms import apply_transform
 from scipy.ndimage import gaussian_filter
 
-from .atomic import atomic_output_dir
+from ..utils.atomic import atomic_output_dir
 from .datalist import split_counts, split_entries, write_multirater_datalist
 
 __all__ = [

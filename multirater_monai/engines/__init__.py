@@ -1,8 +1,19 @@
-"""Engines for multi-rater batches (MONAI SupervisedTrainer/SupervisedEvaluator subclasses)."""
+"""Engines for multi-rater batches (MONAI SupervisedTrainer/SupervisedEvaluator subclasses) and their handlers."""
 
 from .evaluation_table import format_settings_table, run_evaluation_table
 from .evaluator import MultiRaterEvaluator
+from .loss_logging import LossTermsStatsHandler, loss_terms
+from .run_summary import InferenceSummaryHandler
 from .trainer import MultiRaterTrainer
-from .two_stage import begin_stage2
+from .two_stage import begin_stage
 
-__all__ = ["MultiRaterEvaluator", "MultiRaterTrainer", "format_settings_table", "run_evaluation_table", "begin_stage2"]
+__all__ = [
+    "MultiRaterEvaluator",
+    "MultiRaterTrainer",
+    "LossTermsStatsHandler",
+    "InferenceSummaryHandler",
+    "loss_terms",
+    "format_settings_table",
+    "run_evaluation_table",
+    "begin_stage",
+]

@@ -2,9 +2,11 @@
 
 The papers' tables report one model under several settings: Stage I with #10/#30/#50 samples,
 Stage II personalized outputs, ProSeg personalized vs prior mode. This runs one evaluator per
-setting (each setting loads its checkpoint and sets attributes of the network, such as
-``num_samples`` or ``output_mode``), reads the summary that ``SetMetricsSaver`` leaves in
-``engine.state.set_metrics``, and writes a single CSV/JSON table with one row per setting.
+setting (each setting loads its checkpoint and sets the network's output through the method
+interface, :meth:`MultiRaterMethod.configure_output`), reads the summary that the metric saver
+(``SetMetricsSaver`` or ``CalibratedPersonalizedSaver``) leaves in ``engine.state.set_metrics``,
+and writes a single CSV/JSON table with one row per setting (the JSON also keeps the per-image
+rows, for confidence intervals over test images).
 """
 
 from __future__ import annotations
@@ -17,24 +19,27 @@ from typing import Any
 
 import torch
 
-from multirater_monai.data.atomic import atomic_write_json, atomic_write_text
-from multirater_monai.utils.checkpoint import load_network_weights
+from ..networks.method import MultiRaterMethod
+from ..utils.atomic import atomic_write_json, atomic_write_text
+from ..utils.checkpoint import load_network_weights
 
 __all__ = ["run_evaluation_table", "format_settings_table"]
 
 
+_SETTING_KEYS = {"name", "checkpoint", "output_mode", "num_samples", "sample_seed"}
+
+
 def _apply_setting(network: torch.nn.Module, setting: Mapping[str, Any], device) -> None:
+    unknown = set(setting) - _SETTING_KEYS
+    if unknown:
+        raise ValueError(f"setting '{setting.get('name')}': unknown keys {sorted(unknown)}; use {sorted(_SETTING_KEYS)}")
+    if not isinstance(network, MultiRaterMethod):
+        raise TypeError(f"evaluation settings need a MultiRaterMethod network, got {type(network).__name__}")
     checkpoint = setting.get("checkpoint")
     if checkpoint:
         load_network_weights(network, checkpoint, map_location=device)
-    for method, kwargs in (setting.get("calls") or {}).items():
-        if not callable(getattr(network, method, None)):
-            raise AttributeError(f"setting '{setting['name']}': the network has no method '{method}'")
-        getattr(network, method)(**(kwargs or {}))
-    for name, value in (setting.get("attributes") or {}).items():
-        if not hasattr(network, name):
-            raise AttributeError(f"setting '{setting['name']}': the network has no attribute '{name}'")
-        setattr(network, name, value)
+    output = {k: setting[k] for k in ("output_mode", "num_samples", "sample_seed") if k in setting}
+    network.configure_output(**output)
 
 
 def format_settings_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
@@ -56,23 +61,24 @@ def run_evaluation_table(
 
     Args:
         evaluator: a MONAI evaluator with a ``SetMetricsSaver`` attached (it fills ``state.set_metrics``).
-        settings: ``[{"name": "Stage I #10", "checkpoint": path or None, "calls": {"set_sampling":
-            {"num_samples": 10}}, "attributes": {"output_mode": "samples"}}, ...]``: after loading the
-            checkpoint, each ``calls`` method of the network is called with its keyword arguments, then
-            each attribute is set.
+        settings: ``[{"name": "Stage I #10", "checkpoint": path or None, "output_mode": "samples",
+            "num_samples": 10}, ...]``: after loading the checkpoint, the output mode and sampling are
+            set (``configure_output``); absent keys leave the network's setting as it is.
         output_dir: where ``<filename>.csv`` and ``<filename>.json`` go (None: not saved).
     """
     if not settings:
-        raise ValueError("no evaluation settings given; list at least one {'name', 'checkpoint', 'attributes'}")
+        raise ValueError("no evaluation settings given; list at least one {'name', 'checkpoint', 'output_mode'}")
     network = evaluator.network
     rows: list[dict[str, Any]] = []
+    per_image: dict[str, list] = {}
     for setting in settings:
-        _apply_setting(network, setting, evaluator.state.device if hasattr(evaluator.state, "device") else "cpu")
+        _apply_setting(network, setting, evaluator.device)
         evaluator.run()
         result = getattr(evaluator.state, "set_metrics", None)
         if result is None:
             raise RuntimeError("the evaluator has no SetMetricsSaver handler; add one to its val_handlers")
         rows.append({"setting": setting["name"], **result["summary"]})
+        per_image[setting["name"]] = result.get("per_image", [])
     columns = [c for c in rows[0] if c != "setting"]
     print(format_settings_table(rows, columns), flush=True)
     if output_dir is not None:
@@ -81,7 +87,11 @@ def run_evaluation_table(
         writer.writerow(["setting", *columns])
         for row in rows:
             writer.writerow([row["setting"], *(row.get(c) for c in columns)])
-        safe = [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()} for row in rows]
-        atomic_write_json(os.path.join(output_dir, f"{filename}.json"), {"settings": list(settings), "rows": safe})
+        def safe(row):
+            return {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+
+        doc = {"settings": list(settings), "rows": [safe(r) for r in rows],
+               "per_image": {name: [safe(r) for r in items] for name, items in per_image.items()}}
+        atomic_write_json(os.path.join(output_dir, f"{filename}.json"), doc)
         atomic_write_text(os.path.join(output_dir, f"{filename}.csv"), text.getvalue())
     return rows

@@ -2,14 +2,10 @@
 
 MONAI's ``SupervisedTrainer`` computes ``loss_function(network(image), label)``. The multi-rater
 methods need the whole batch (image, rater stack, rater mask) and return several named loss terms
-(``network.training_objective(image, label, rater_mask) -> {"loss": ..., "kl": ..., ...}``, see
+(:meth:`MultiRaterMethod.training_objective` ``-> {"loss": ..., "kl": ..., ...}``, see
 docs/DESIGN.md section 3). This trainer calls that objective, back-propagates ``"loss"``, steps the
 optimizer and puts every term into ``engine.state.output`` as a detached float, so
-
-    StatsHandler(output_transform=from_engine(["loss"], first=True))
-    StatsHandler(output_transform=lambda out: {k: out[0][k] for k in ("kl", "seg", "bound")})
-
-log them like any MONAI loss. The output also holds ``image`` and ``label``; there is no ``pred``
+:class:`~multirater_monai.engines.LossTermsStatsHandler` logs them all. The output also holds ``image`` and ``label``; there is no ``pred``
 (the objective may decode posterior samples, not the inference output), so no ``postprocessing`` or
 train metric should read it.
 """
@@ -21,6 +17,8 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
+from ..networks.method import MultiRaterMethod
+
 __all__ = ["MultiRaterTrainer"]
 
 
@@ -31,11 +29,17 @@ class MultiRaterTrainer(SupervisedTrainer):
         rater_mask_key: key of the (B, R) bool mask in the batch; absent -> every rater present.
         loss_function: unused (the network's objective is the loss); defaults to None.
         All other arguments are those of :class:`monai.engines.SupervisedTrainer`. ``optimizer`` should
-        hold ``network.parameters_to_train()``.
+        hold ``network.parameters_to_train(stage)``.
     """
 
     def __init__(self, *args, loss_function=None, rater_mask_key: str = "rater_mask", **kwargs) -> None:
         super().__init__(*args, loss_function=loss_function, **kwargs)
+        if not isinstance(self.network, MultiRaterMethod):
+            raise TypeError(
+                f"MultiRaterTrainer trains a MultiRaterMethod (multirater_monai.networks); got "
+                f"{type(self.network).__name__}. Wrap the network in a method class, or use MONAI's SupervisedTrainer "
+                "with a loss_function."
+            )
         self.rater_mask_key = rater_mask_key
 
     def _iteration(self, engine: SupervisedTrainer, batchdata: dict) -> dict:
@@ -47,13 +51,7 @@ class MultiRaterTrainer(SupervisedTrainer):
         if mask is not None:
             mask = torch.as_tensor(mask).to(device=targets.device, dtype=torch.bool)
         network = engine.network
-        objective = network.training_objective if hasattr(network, "training_objective") else None
-        if objective is None:
-            raise TypeError(
-                f"{type(network).__name__} has no training_objective(image, label, rater_mask); use MONAI's "
-                "SupervisedTrainer with a loss_function for such networks."
-            )
-
+        objective = network.training_objective
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
         network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)

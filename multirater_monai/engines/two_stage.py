@@ -1,32 +1,32 @@
-"""Two-stage training in one ``run training``: Stage II starts from Stage I's best checkpoint.
+"""Several training stages in one ``run training``: each later stage starts from the previous stage's best checkpoint.
 
 D-Persona trains the whole network first (Stage I), then only the per-rater projection heads on the
-frozen rest (Stage II). The bundle runs two MONAI trainers one after the other; between them this
-loads the best Stage I weights (the checkpoint its validation kept, not the last epoch's) and
-switches the network to Stage II, so the second trainer's optimizer sees only the heads.
+frozen rest (Stage II); AVAP trains backbone + AVM, then the APM. The bundle runs one MONAI trainer
+per stage; between them this loads the best weights of the previous stage (the checkpoint its
+validation kept, not the last epoch's) and switches the network to the next stage
+(:meth:`MultiRaterMethod.start_stage`), whose optimizer holds ``parameters_to_train(stage)``.
 """
 
 from __future__ import annotations
 
-import torch
+from ..networks.method import MultiRaterMethod
+from ..utils.checkpoint import load_network_weights
 
-from multirater_monai.utils.checkpoint import load_network_weights
-
-__all__ = ["begin_stage2"]
+__all__ = ["begin_stage"]
 
 
-def begin_stage2(network: torch.nn.Module, stage1_checkpoint: str, map_location=None) -> torch.nn.Module:
-    """Load ``stage1_checkpoint`` into ``network`` and call its ``start_stage2()``; returns the network."""
-    if not callable(getattr(network, "start_stage2", None)):
-        raise TypeError(f"{type(network).__name__} has no start_stage2(); two-stage training needs a two-stage network")
+def begin_stage(network: MultiRaterMethod, stage: int, checkpoint: str, map_location=None) -> MultiRaterMethod:
+    """Load ``checkpoint`` (the previous stage's best) into ``network`` and start ``stage``; returns the network."""
+    if not isinstance(network, MultiRaterMethod) or network.num_stages < stage:
+        stages = network.num_stages if isinstance(network, MultiRaterMethod) else 1
+        raise TypeError(f"{type(network).__name__} has {stages} training stage(s); it has no stage {stage}")
     load_network_weights(
-        network, stage1_checkpoint, map_location=map_location,
-        hint="Stage I kept no checkpoint: its validation must run at least once (val_interval <= stage1_epochs)",
+        network, checkpoint, map_location=map_location,
+        hint=f"stage {stage - 1} kept no checkpoint: its validation must run at least once (val_interval <= epochs)",
     )
-    network.start_stage2()
-    trained = sum(p.numel() for p in network.parameters() if p.requires_grad)
-    # name the parts that still train (D-Persona: rater_heads; AVAP: preference_head)
+    network.start_stage(stage)
+    trained = sum(p.numel() for p in network.parameters_to_train())
     parts = sorted({name.split(".")[0] for name, p in network.named_parameters() if p.requires_grad})
-    print(f"[stage II] from {stage1_checkpoint}: {trained} trainable parameters ({', '.join(parts)}), rest frozen",
-          flush=True)
+    print(f"[stage {stage}] from {checkpoint}: {trained} trainable parameters ({', '.join(parts)}), "
+          f"frozen: {', '.join(network.frozen_module_names())}", flush=True)
     return network

@@ -21,7 +21,7 @@ import torch
 from monai.losses import DiceLoss
 from torch import nn
 
-from ..data.errors import MultiRaterDataError
+from ..utils.errors import MultiRaterDataError
 
 __all__ = ["BoundLoss", "annotation_bounds"]
 

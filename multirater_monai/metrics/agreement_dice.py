@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from monai.utils import MetricReduction
 
-from multirater_monai.data.errors import MultiRaterDataError
+from multirater_monai.utils.errors import MultiRaterDataError
 
 from .cumulative import _SetMetric
 from .handlers import _SetMetricHandler, from_engine_with_rater_mask

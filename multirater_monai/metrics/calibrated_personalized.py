@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from monai.utils import IgniteInfo, min_version, optional_import
 
-from multirater_monai.data.errors import MultiRaterDataError
+from multirater_monai.utils.errors import MultiRaterDataError
 
 from .agreement_dice import AverageRaterDiceMetric, MeanVotingDiceMetric
 from .cumulative import SetMetricsTable

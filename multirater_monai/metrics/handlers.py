@@ -25,7 +25,7 @@ from typing import Any
 from monai.handlers import IgniteMetricHandler
 from monai.utils import IgniteInfo, MetricReduction, min_version, optional_import
 
-from multirater_monai.data.atomic import atomic_write_json, atomic_write_text
+from multirater_monai.utils.atomic import atomic_write_json, atomic_write_text
 
 from .cumulative import (
     DiceMatchMetric,

@@ -54,7 +54,7 @@ import torch
 from monai.utils import convert_to_tensor
 from scipy.optimize import linear_sum_assignment
 
-from multirater_monai.data.errors import MultiRaterDataError
+from multirater_monai.utils.errors import MultiRaterDataError
 
 __all__ = [
     "COMPAT_MODES",

@@ -1,32 +1,58 @@
-"""Networks: U-Net feature backbone, Gaussian latent encoders, latent-combining head, methods."""
+"""Networks: the method interface, shared building blocks (``blocks``), and one module per method (``nets``).
 
-from .backbone import BACKBONE_ENCODERS, UNetFeatureBackbone
-from .dpersona import OUTPUT_MODES, DPersona
-from .gaussian_encoder import AxisAlignedGaussianEncoder
-from .latent_head import LatentCombiningHead
-from .proseg import PROSEG_OUTPUT_MODES, ProSeg
-from .prob_unet import ProbabilisticUNet, build_latent_parts, check_multirater_batch, random_present_rater
-from .rater_projection import RaterProjectionHeads
+A new method is one module in ``nets`` implementing :class:`MultiRaterMethod`, built from the blocks.
+"""
+
+from .blocks import (
+    BACKBONE_ENCODERS,
+    KEEP,
+    AgreementBranch,
+    AxisAlignedGaussianEncoder,
+    BackboneConfig,
+    DynamicFilterHead,
+    LatentCombiningHead,
+    RaterProjectionHeads,
+    UNetFeatureBackbone,
+    fixed_noise,
+)
+from .method import OUTPUT_GROUP_NAMES, MultiRaterMethod
+from .nets import (
+    AVAP,
+    AVAP_OUTPUT_MODES,
+    OUTPUT_MODES,
+    PROSEG_OUTPUT_MODES,
+    DPersona,
+    FusionUNet,
+    MultiHeadUNet,
+    ProbabilisticUNet,
+    ProSeg,
+    build_latent_parts,
+)
+from .rater_batch import check_multirater_batch, random_present_rater
 
 __all__ = [
+    "MultiRaterMethod",
+    "OUTPUT_GROUP_NAMES",
     "BACKBONE_ENCODERS",
+    "BackboneConfig",
     "UNetFeatureBackbone",
     "AxisAlignedGaussianEncoder",
     "LatentCombiningHead",
     "RaterProjectionHeads",
+    "DynamicFilterHead",
+    "AgreementBranch",
+    "KEEP",
+    "fixed_noise",
     "ProbabilisticUNet",
     "DPersona",
     "ProSeg",
-    "PROSEG_OUTPUT_MODES",
+    "AVAP",
+    "MultiHeadUNet",
+    "FusionUNet",
     "OUTPUT_MODES",
+    "PROSEG_OUTPUT_MODES",
+    "AVAP_OUTPUT_MODES",
     "build_latent_parts",
     "check_multirater_batch",
     "random_present_rater",
 ]
-from .dynamic_filter_head import DynamicFilterHead  # noqa: E402
-
-__all__ += ["DynamicFilterHead"]
-from .agreement_branch import AgreementBranch  # noqa: E402
-from .avap import AVAP, AVAP_OUTPUT_MODES  # noqa: E402
-
-__all__ += ["AgreementBranch", "AVAP", "AVAP_OUTPUT_MODES"]

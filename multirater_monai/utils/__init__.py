@@ -1,6 +1,24 @@
-"""Helpers shared by the bundles (checks, input listing)."""
+"""Cross-cutting helpers: errors, atomic writes, checkpoint loading, bundle helpers.
 
-from .bundle_helpers import list_input_images, require_checkpoint
+Nothing here imports the other subpackages at import time, so networks, losses, metrics and
+engines can use errors and atomic writes without importing ``data``.
+"""
+
+from .atomic import atomic_output_dir, atomic_write_json, atomic_write_text
+from .bundle_helpers import default_bundle_root, default_cache_root, list_input_images, rater_names, require_checkpoint
 from .checkpoint import load_network_weights
+from .errors import MultiRaterDataError, find_data_error
 
-__all__ = ["list_input_images", "require_checkpoint", "load_network_weights"]
+__all__ = [
+    "MultiRaterDataError",
+    "find_data_error",
+    "atomic_output_dir",
+    "atomic_write_json",
+    "atomic_write_text",
+    "default_bundle_root",
+    "default_cache_root",
+    "list_input_images",
+    "rater_names",
+    "require_checkpoint",
+    "load_network_weights",
+]

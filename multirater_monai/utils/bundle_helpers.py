@@ -5,11 +5,27 @@ from __future__ import annotations
 import glob
 import os
 
-from multirater_monai.data.errors import MultiRaterDataError
+from .errors import MultiRaterDataError
 
-__all__ = ["require_checkpoint", "list_input_images"]
+__all__ = ["require_checkpoint", "list_input_images", "default_bundle_root", "default_cache_root", "rater_names"]
 
 _IMAGE_PATTERNS = ("*.nii.gz", "*.nii", "*.nrrd", "*.mha", "*.dcm")
+
+
+def default_bundle_root(name: str) -> str:
+    """``bundles/<name>`` when run from the repository root, else the working directory (a bundle folder)."""
+    in_repo = os.path.join("bundles", name)
+    return os.path.abspath(in_repo if os.path.isdir(in_repo) else ".")
+
+
+def default_cache_root() -> str:
+    """Where data sets are prepared: ``$MULTIRATER_DATA_DIR``, else ``~/.cache/multirater_monai``."""
+    return os.environ.get("MULTIRATER_DATA_DIR", os.path.join(os.path.expanduser("~"), ".cache", "multirater_monai"))
+
+
+def rater_names(num_raters: int, prefix: str = "A") -> list[str]:
+    """``["A1", ..., "AR"]``: the column and output names of the raters."""
+    return [f"{prefix}{i + 1}" for i in range(int(num_raters))]
 
 
 def require_checkpoint(path: str) -> str:

@@ -22,16 +22,20 @@ class SaveOverlayPNGd(Transform):
         label_key / rater_mask_key: drawn as rater contours when the item has them.
         output_names: legend labels of the outputs (e.g. rater names for personalized outputs); with a
             list of keys, a dict by key.
+        enabled: False makes the transform pass the item through (a bundle's ``save_overlays`` switch).
     """
 
     def __init__(self, output_dir: str, image_key: str = "image", pred_key: str = "pred", label_key: str = "label",
-                 rater_mask_key: str = "rater_mask", output_names=None) -> None:
+                 rater_mask_key: str = "rater_mask", output_names=None, enabled: bool = True) -> None:
+        self.enabled = bool(enabled)
         self.output_dir = output_dir
         self.image_key, self.pred_key = image_key, pred_key
         self.label_key, self.rater_mask_key = label_key, rater_mask_key
         self.output_names = output_names
 
     def __call__(self, data: dict) -> dict:
+        if not self.enabled:
+            return data
         image = data[self.image_key]
         source = str(getattr(image, "meta", {}).get("filename_or_obj", "image"))
         name = os.path.basename(source)

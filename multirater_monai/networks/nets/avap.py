@@ -12,7 +12,7 @@ One encoder-decoder backbone gives the feature map ``F_img`` (eq. 1). On it:
 Two-step training (the paper's best, Table V), loss Dice + cross-entropy in both steps (eqs. 7-9):
 
 * step 1 (``stage=1``): backbone + AVM on the agreement label of each structure;
-* step 2 (:meth:`start_stage2`): backbone and AVM frozen (no autograd, BatchNorm in eval mode); the APM
+* step 2 (``start_stage(2)``): backbone and AVM frozen (no autograd, BatchNorm in eval mode); the APM
   trains with a randomly drawn PRESENT rater's code per sample (``stage2_raters="random"``, the paper)
   or with every present rater's code at once (``"all"``: same features, one head call).
 
@@ -30,8 +30,8 @@ Inference ``forward(image)`` returns ONE tensor of logits, by ``output_mode``:
   ``K * R`` personalized logits (structure-major: structure k's raters A1..AR);
 * ``"agreement"``: the first group only; ``"personalized"``: the second group only.
 
-``multirater_monai.data.AVAPOutputsd`` splits it into the calibrated map ``(K, *sp)`` and the
-personalized probabilities ``(K * R, *sp)``. TorchScript: ``torch.jit.script`` works with
+:meth:`split_outputs` turns it into the calibrated map ``(K, *sp)`` and the personalized
+probabilities ``(K * R, *sp)``. TorchScript: ``torch.jit.script`` works with
 ``encoder="small"``; use ``torch.jit.trace`` with ``"resnet34"`` (see ``backbone.py``).
 """
 
@@ -45,11 +45,12 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch import nn
 
-from ..data.agreement_label import CALIBRATION_MODES, MISSING_RATER_RULES, agreement_label, agreement_probability
-from ..data.errors import MultiRaterDataError
-from .agreement_branch import AgreementBranch
-from .backbone import UNetFeatureBackbone
-from .dynamic_filter_head import DynamicFilterHead
+from ...data.agreement_label import CALIBRATION_MODES, MISSING_RATER_RULES, agreement_label, agreement_probability
+from ...utils.errors import MultiRaterDataError
+from ..blocks.agreement_branch import AgreementBranch
+from ..blocks.backbone import BackboneConfig
+from ..blocks.dynamic_filter_head import DynamicFilterHead
+from ..method import MultiRaterMethod
 
 __all__ = ["AVAP", "AVAP_OUTPUT_MODES", "STAGE2_RATER_DRAWS"]
 
@@ -58,7 +59,7 @@ STAGE2_RATER_DRAWS = ("random", "all")
 _SMOOTH = 1e-5
 
 
-class AVAP(nn.Module):
+class AVAP(MultiRaterMethod):
     """AVAP network; see the module docstring.
 
     Args:
@@ -74,6 +75,9 @@ class AVAP(nn.Module):
         output_mode: one of :data:`AVAP_OUTPUT_MODES`.
     """
 
+    output_modes = AVAP_OUTPUT_MODES
+    stage_modules = (("backbone", "agreement_branches"), ("preference_head",))
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -86,10 +90,10 @@ class AVAP(nn.Module):
         stage: int = 1,
         output_mode: str = "all",
     ) -> None:
-        super().__init__()
         num_structures = len(agreement_branches)
         if num_structures < 1:
             raise ValueError("AVAP needs at least one agreement branch (one per structure).")
+        super().__init__(num_raters, num_structures)
         if preference_head.code_length != num_raters or preference_head.out_channels != num_structures:
             raise ValueError(
                 f"preference_head must take R={num_raters}-long rater codes and give K={num_structures} outputs, "
@@ -101,13 +105,9 @@ class AVAP(nn.Module):
             raise ValueError(f"missing_raters must be one of {MISSING_RATER_RULES}, got {missing_raters!r}.")
         if stage2_raters not in STAGE2_RATER_DRAWS:
             raise ValueError(f"stage2_raters must be one of {STAGE2_RATER_DRAWS}, got {stage2_raters!r}.")
-        if stage not in (1, 2):
-            raise ValueError(f"stage must be 1 or 2, got {stage}.")
         self.backbone = backbone
         self.agreement_branches = nn.ModuleList(agreement_branches)
         self.preference_head = preference_head
-        self.num_raters = int(num_raters)
-        self.num_structures = int(num_structures)
         self.calibration = calibration
         self.missing_raters = missing_raters
         self.stage2_raters = stage2_raters
@@ -117,22 +117,15 @@ class AVAP(nn.Module):
         self._losses = {
             "agreement": DiceCELoss(to_onehot_y=True, softmax=True, batch=True, smooth_nr=_SMOOTH, smooth_dr=_SMOOTH)
         }
-        self.stage = 1
-        self.output_mode = "all"
-        if stage == 2:
-            self.start_stage2()
+        self.start_stage(stage)
         self.set_output_mode(output_mode)
 
     @classmethod
     def build(
         cls,
-        spatial_dims: int = 2,
-        in_channels: int = 1,
         num_raters: int = 4,
         num_structures: int = 1,
-        encoder: str = "small",
-        feature_channels: int = 16,
-        backbone_channels: Sequence[int] = (16, 32, 64, 128),
+        backbone: BackboneConfig | None = None,
         agreement_channels: int = 16,
         preference_hidden: int = 8,
         use_rater_code: bool = True,
@@ -142,40 +135,41 @@ class AVAP(nn.Module):
         """The whole network from plain arguments; ``kwargs`` go to the constructor (``calibration``,
         ``missing_raters``, ``stage2_raters``, ``stage``, ``output_mode``). ``use_rater_code`` /
         ``use_features`` are the Table IV ablation of the controller's input."""
-        backbone = UNetFeatureBackbone(spatial_dims, in_channels, feature_channels, encoder=encoder,
-                                       channels=backbone_channels)
-        branches = [AgreementBranch(feature_channels, num_raters, agreement_channels, spatial_dims)
-                    for _ in range(num_structures)]
-        head = DynamicFilterHead(feature_channels, num_raters, preference_hidden, num_structures, spatial_dims,
+        config = backbone or BackboneConfig()
+        backbone_net = config.build()  # built first: the initialisation depends on the order
+        features, dims = config.feature_channels, config.spatial_dims
+        branches = [AgreementBranch(features, num_raters, agreement_channels, dims) for _ in range(num_structures)]
+        head = DynamicFilterHead(features, num_raters, preference_hidden, num_structures, dims,
                                  use_features=use_features, use_code=use_rater_code)
-        return cls(backbone, branches, head, num_raters=num_raters, **kwargs)
+        return cls(backbone_net, branches, head, num_raters=num_raters, **kwargs)
 
-    # ------------------------------------------------------------------ step control
-    def set_output_mode(self, output_mode: str) -> None:
-        if output_mode not in AVAP_OUTPUT_MODES:
-            raise ValueError(f"output_mode must be one of {AVAP_OUTPUT_MODES}, got {output_mode!r}.")
-        self.output_mode = output_mode
+    # ------------------------------------------------------------------ output groups
+    def output_groups(self) -> dict[str, int]:
+        groups: dict[str, int] = {}
+        if self.output_mode != "personalized":
+            groups["agreement_logits"] = self.num_structures * (self.num_raters + 1)
+        if self.output_mode != "agreement":
+            groups["personalized"] = self.num_structures * self.num_raters
+        return groups
 
-    def start_stage2(self) -> AVAP:
-        """Freeze backbone and AVM; from now on only the preference head (APM) trains."""
-        self.stage = 2
-        for name, param in self.named_parameters():
-            param.requires_grad_(name.startswith("preference_head."))
-        return self.train(self.training)
-
-    def parameters_to_train(self) -> list[nn.Parameter]:
-        """Step 1: backbone + AVM; step 2: the preference head."""
-        if self.stage == 2:
-            return list(self.preference_head.parameters())
-        return [p for n, p in self.named_parameters() if not n.startswith("preference_head.")]
-
-    def train(self, mode: bool = True) -> AVAP:
-        super().train(mode)
-        if getattr(self, "stage", 1) == 2:
-            # frozen parts stay in eval mode: their BatchNorm statistics must not drift in step 2
-            self.backbone.eval()
-            self.agreement_branches.eval()
-        return self
+    @torch.jit.unused
+    def split_outputs(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``calibrated`` (K, *sp) from the agreement classes (see ``calibration``) and/or ``personalized``
+        (K * R, *sp) sigmoid probabilities, for one image's logits (C, *sp)."""
+        groups = self.output_groups()
+        if logits.shape[0] != sum(groups.values()):
+            raise MultiRaterDataError(
+                f"the output has {logits.shape[0]} channels; AVAP with R={self.num_raters} raters and "
+                f"K={self.num_structures} structures in mode {self.output_mode!r} gives {groups}; fix: set "
+                "num_raters / num_structures to the network's."
+            )
+        out: dict[str, torch.Tensor] = {}
+        parts = dict(zip(groups, torch.split(logits, list(groups.values()), dim=0)))
+        if "agreement_logits" in parts:
+            out["calibrated"] = self.calibrated_map(parts["agreement_logits"][None])[0]
+        if "personalized" in parts:
+            out["personalized"] = torch.sigmoid(parts["personalized"])
+        return out
 
     # ------------------------------------------------------------------ inference
     def agreement_logits(self, features: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ where ``P_post`` decodes a posterior sample, ``A_random`` is a random PRESENT ra
 samples with those of the present annotations. Paper values: alpha 1, beta 0.5, K 10, D 6.
 (Eq. 2 writes KL(prior, posterior); we use the usual KL(posterior || prior) of Kohl et al.)
 
-Stage II (``stage=2``, or :meth:`start_stage2` after Stage I) trains only the per-rater projection
+Stage II (``stage=2``, or ``start_stage(2)`` after Stage I) trains only the per-rater projection
 heads (eqs. 7-9): rater i's query ``q_i = GAP(F_i^proj(features))`` attends over a bank of M samples
 of the FROZEN prior ``z_m = mu(X) + sigma(X) * eps_m`` (key = value = bank, eq. 8):
 
@@ -46,11 +46,14 @@ import torch
 from monai.losses import DiceLoss
 from torch import nn
 
-from ..losses.bound_loss import BoundLoss
-from .gaussian_encoder import AxisAlignedGaussianEncoder
-from .latent_head import LatentCombiningHead
-from .prob_unet import ProbabilisticUNet, _noise, build_latent_parts, check_multirater_batch, random_present_rater
-from .rater_projection import RaterProjectionHeads
+from ...losses.bound_loss import BoundLoss
+from ..blocks.backbone import BackboneConfig
+from ..blocks.gaussian_encoder import AxisAlignedGaussianEncoder
+from ..blocks.latent_head import LatentCombiningHead
+from ..blocks.rater_projection import RaterProjectionHeads
+from ..blocks.sampling import KEEP, fixed_noise
+from ..rater_batch import check_multirater_batch, random_present_rater
+from .prob_unet import ProbabilisticUNet, build_latent_parts
 
 __all__ = ["DPersona", "OUTPUT_MODES"]
 
@@ -78,7 +81,9 @@ class DPersona(ProbabilisticUNet):
         sample_seed: seed of the fixed inference noise (None: fresh noise every call).
     """
 
-    __jit_unused_properties__ = ["num_samples", "bank_size"]
+    __jit_unused_properties__ = ProbabilisticUNet.__jit_unused_properties__ + ["bank_size"]
+    output_modes = OUTPUT_MODES
+    stage_modules = (("backbone", "prior", "posterior", "head"), ("rater_heads",))
 
     def __init__(
         self,
@@ -108,8 +113,6 @@ class DPersona(ProbabilisticUNet):
         )
         if rater_heads.latent_dim != latent_dim:
             raise ValueError(f"rater_heads must produce latent_dim={latent_dim} queries.")
-        if stage not in (1, 2):
-            raise ValueError(f"stage must be 1 or 2, got {stage}.")
         self.rater_heads = rater_heads
         self.num_bound_samples = int(num_bound_samples)
         self.alpha = float(alpha)
@@ -118,23 +121,16 @@ class DPersona(ProbabilisticUNet):
         self._losses["rater_dice"] = DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5, reduction="none")
         # a different stream from the sample noise, so bank and samples are not the same codes
         bank_seed = None if sample_seed is None else int(sample_seed) + 1
-        self.register_buffer("bank_noise", _noise(bank_size, latent_dim, bank_seed), persistent=False)
-        self.stage = 1
-        self.output_mode = "samples"
-        if stage == 2:
-            self.start_stage2()
+        self.register_buffer("bank_noise", fixed_noise(bank_size, latent_dim, bank_seed), persistent=False)
+        self.start_stage(stage)
         if output_mode is not None:
             self.set_output_mode(output_mode)
 
     @classmethod
     def build(
         cls,
-        spatial_dims: int = 2,
-        in_channels: int = 1,
         num_raters: int = 4,
-        encoder: str = "small",
-        feature_channels: int = 16,
-        backbone_channels: Sequence[int] = (16, 32, 64, 128),
+        backbone: BackboneConfig | None = None,
         latent_dim: int = 6,
         prior_channels: Sequence[int] | None = None,
         convs_per_block: int | None = None,
@@ -146,14 +142,14 @@ class DPersona(ProbabilisticUNet):
     ) -> DPersona:
         """The whole network from plain arguments; ``kwargs`` go to the constructor (``num_samples``,
         ``bank_size``, ``num_bound_samples``, ``alpha``, ``beta``, ``beta_kl``, ``l2_weight``, ``stage``,
-        ``output_mode``, ``sample_seed``, ...). Paper configuration: ``encoder="resnet34"``,
+        ``output_mode``, ``sample_seed``, ...). Paper configuration: ``BackboneConfig(encoder="resnet34")``,
         ``latent_dim=6``, ``num_bound_samples=10``, ``bank_size=100``."""
-        parts = build_latent_parts(
-            spatial_dims, in_channels, num_raters, encoder, feature_channels, backbone_channels, latent_dim,
-            prior_channels, convs_per_block, head_hidden, head_convs, 1,
-        )
+        backbone = backbone or BackboneConfig()
+        parts = build_latent_parts(num_raters, backbone, latent_dim, prior_channels, convs_per_block, head_hidden,
+                                   head_convs)
         rater_heads = RaterProjectionHeads(
-            feature_channels, latent_dim, num_raters, projection_hidden, projection_strides, spatial_dims
+            backbone.feature_channels, latent_dim, num_raters, projection_hidden, projection_strides,
+            backbone.spatial_dims,
         )
         return cls(**parts, rater_heads=rater_heads, latent_dim=latent_dim, **kwargs)
 
@@ -162,41 +158,26 @@ class DPersona(ProbabilisticUNet):
     def bank_size(self) -> int:
         return int(self.bank_noise.shape[0])
 
-    def set_output_mode(self, output_mode: str) -> None:
-        if output_mode not in OUTPUT_MODES:
-            raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}.")
-        self.output_mode = output_mode
+    def output_groups(self) -> dict[str, int]:
+        if self.output_mode == "samples":
+            return {"samples": self.num_samples}
+        if self.output_mode == "personalized":
+            return {"personalized": self.num_raters}
+        return {"personalized": self.num_raters, "samples": self.num_samples}
 
-    def set_sampling(self, num_samples: int | None = None, sample_seed: Any = ..., bank_size: int | None = None) -> None:
+    @torch.jit.unused
+    def set_sampling(self, num_samples: int | None = None, sample_seed: Any = KEEP, bank_size: int | None = None) -> None:
         """As :meth:`ProbabilisticUNet.set_sampling`, plus the Stage II bank size M."""
-        if sample_seed is ...:
-            super().set_sampling(num_samples)
-        else:
-            super().set_sampling(num_samples, sample_seed)
+        super().set_sampling(num_samples, sample_seed)
         bank_seed = None if self.sample_seed is None else int(self.sample_seed) + 1
         rows = self.bank_size if bank_size is None else int(bank_size)
-        self.bank_noise = _noise(rows, self.latent_dim, bank_seed, like=self.bank_noise)
+        self.bank_noise = fixed_noise(rows, self.latent_dim, bank_seed, like=self.bank_noise)
 
-    def start_stage2(self) -> DPersona:
-        """Freeze everything but the projection heads; personalized outputs from now on."""
-        self.stage = 2
-        self.output_mode = "personalized"
-        for name, param in self.named_parameters():
-            param.requires_grad_(name.startswith("rater_heads."))
-        return self.train(self.training)
-
-    def parameters_to_train(self) -> list[nn.Parameter]:
-        """Stage I: all but the projection heads; Stage II: the projection heads only."""
-        if self.stage == 2:
-            return list(self.rater_heads.parameters())
-        return [p for n, p in self.named_parameters() if not n.startswith("rater_heads.")]
-
-    def train(self, mode: bool = True) -> DPersona:
-        super().train(mode)
-        if getattr(self, "stage", 1) == 2:
-            # frozen parts stay in eval mode: BatchNorm statistics must not drift in Stage II
-            for module in (self.backbone, self.prior, self.posterior, self.head):
-                module.eval()
+    @torch.jit.unused
+    def start_stage(self, stage: int) -> DPersona:
+        """Stage 2 freezes everything but the projection heads and switches to personalized outputs."""
+        super().start_stage(stage)
+        self.output_mode = "personalized" if self.stage == 2 else "samples"
         return self
 
     # ------------------------------------------------------------------ inference

@@ -67,15 +67,17 @@ from torch import nn
 from torch.distributions import Dirichlet, Normal, kl_divergence
 from torch.nn import functional as F
 
-from .backbone import UNetFeatureBackbone
-from .prob_unet import _KEEP, check_multirater_batch
+from ..blocks.backbone import BackboneConfig
+from ..blocks.sampling import KEEP
+from ..method import MultiRaterMethod
+from ..rater_batch import check_multirater_batch
 
 __all__ = ["ProSeg", "PROSEG_OUTPUT_MODES"]
 
 PROSEG_OUTPUT_MODES = ("personalized", "samples", "prior", "personalized+prior")
 
 
-class ProSeg(nn.Module):
+class ProSeg(MultiRaterMethod):
     """ProSeg network; see the module docstring.
 
     Args:
@@ -98,6 +100,10 @@ class ProSeg(nn.Module):
         output_mode: see the module docstring.
         sample_seed: seed of the fixed inference noise, or None for fresh noise at every call.
     """
+
+    # forward reads num_samples, so TorchScript compiles it
+    __jit_unused_properties__ = ["num_stages", "spatial_divisor"]
+    output_modes = PROSEG_OUTPUT_MODES
 
     def __init__(
         self,
@@ -122,9 +128,9 @@ class ProSeg(nn.Module):
         output_mode: str = "personalized",
         sample_seed: int | None = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(num_raters)
         conv = Conv[Conv.CONV, spatial_dims]
-        r = self.num_raters = int(num_raters)
+        r = self.num_raters
         self.in_channels, self.z_channels, self.tau_dim = in_channels, z_channels, tau_dim
         self.backbone = backbone
         # q(z | x): a 1x1 head on the features -> (mu, log_sigma) of the latent map
@@ -157,20 +163,11 @@ class ProSeg(nn.Module):
         self.register_buffer("prior_tau", self._draw_prior_tau(num_samples, sample_seed), persistent=False)
 
     @classmethod
-    def build(
-        cls,
-        spatial_dims: int = 2,
-        in_channels: int = 1,
-        num_raters: int = 4,
-        encoder: str = "small",
-        feature_channels: int = 16,
-        backbone_channels: Sequence[int] = (16, 32, 64, 128),
-        **kwargs: Any,
-    ) -> ProSeg:
+    def build(cls, num_raters: int = 4, backbone: BackboneConfig | None = None, **kwargs: Any) -> ProSeg:
         """The whole network from plain arguments; ``kwargs`` go to the constructor."""
-        backbone = UNetFeatureBackbone(spatial_dims, in_channels, feature_channels, encoder=encoder,
-                                       channels=backbone_channels)
-        return cls(backbone, num_raters, feature_channels, in_channels=in_channels, spatial_dims=spatial_dims, **kwargs)
+        backbone = backbone or BackboneConfig()
+        return cls(backbone.build(), num_raters, backbone.feature_channels, in_channels=backbone.in_channels,
+                   spatial_dims=backbone.spatial_dims, **kwargs)
 
     # ------------------------------------------------------------------ noise and distributions
     def _draw_prior_tau(self, num_samples: int, seed: int | None) -> torch.Tensor:
@@ -187,19 +184,22 @@ class ProSeg(nn.Module):
     def num_samples(self) -> int:
         return int(self.prior_tau.shape[0])
 
-    def set_sampling(self, num_samples: int | None = None, sample_seed: Any = _KEEP) -> None:
+    def output_groups(self) -> dict[str, int]:
+        if self.output_mode == "personalized":
+            return {"personalized": self.num_raters}
+        if self.output_mode in ("samples", "prior"):
+            return {"samples": self.num_samples}
+        return {"personalized": self.num_raters, "samples": self.num_samples}
+
+    @torch.jit.unused
+    def set_sampling(self, num_samples: int | None = None, sample_seed: Any = KEEP) -> None:
         """Change the number of samples and/or the seed (None: fresh noise at every call)."""
-        if sample_seed is not _KEEP:
+        if sample_seed is not KEEP:
             self.sample_seed = sample_seed
             self.random_sampling = sample_seed is None
             self.noise_seed = 0 if sample_seed is None else int(sample_seed)
         n = self.num_samples if num_samples is None else int(num_samples)
         self.prior_tau = self._draw_prior_tau(n, self.sample_seed).to(self.prior_tau)
-
-    def set_output_mode(self, output_mode: str) -> None:
-        if output_mode not in PROSEG_OUTPUT_MODES:
-            raise ValueError(f"output_mode must be one of {PROSEG_OUTPUT_MODES}, got {output_mode!r}.")
-        self.output_mode = output_mode
 
     def tau_concentration(self) -> torch.Tensor:
         """``alpha_r`` of q(tau | r) for every rater: (R, tau_dim), positive."""
@@ -324,6 +324,3 @@ class ProSeg(nn.Module):
                 + (w["classification"] * classification + w["kl_tau"] * kl_tau) / pixels)
         return {"loss": loss, "recon": recon, "classification": classification, "seg": seg,
                 "kl_z": kl_z, "kl_tau": kl_tau}
-
-    def parameters_to_train(self) -> list[nn.Parameter]:
-        return [p for p in self.parameters() if p.requires_grad]

@@ -31,65 +31,19 @@ from monai.losses import DiceLoss
 from torch import nn
 from torch.distributions import kl_divergence
 
-from ..data.errors import MultiRaterDataError
-from .backbone import UNetFeatureBackbone
-from .gaussian_encoder import AxisAlignedGaussianEncoder
-from .latent_head import LatentCombiningHead
+from ..blocks.backbone import BackboneConfig
+from ..blocks.gaussian_encoder import AxisAlignedGaussianEncoder
+from ..blocks.latent_head import LatentCombiningHead
+from ..blocks.sampling import KEEP, fixed_noise
+from ..method import MultiRaterMethod
+from ..rater_batch import check_multirater_batch, random_present_rater
 
-__all__ = ["ProbabilisticUNet", "random_present_rater", "build_latent_parts", "check_multirater_batch"]
-
-_KEEP: Any = object()
-
-
-def random_present_rater(
-    label: torch.Tensor, rater_mask: torch.Tensor, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """For each sample, the mask of one rater chosen uniformly among the PRESENT ones: ``(B, 1, *sp)``."""
-    weights = rater_mask.to(torch.float32)
-    if not bool((weights.sum(1) > 0).all()):
-        raise MultiRaterDataError(
-            "a sample has no annotating rater (rater_mask all False); drop such samples from the datalist."
-        )
-    index = torch.multinomial(weights.cpu(), 1, generator=generator).to(label.device)  # (B, 1)
-    index = index.view(index.shape + (1,) * (label.dim() - 2)).expand(-1, -1, *label.shape[2:])
-    return torch.gather(label, 1, index)
-
-
-def check_multirater_batch(
-    image: torch.Tensor, label: torch.Tensor, rater_mask: torch.Tensor | None, num_raters: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate a (image, rater stack, rater mask) batch; returns the float label and bool mask."""
-    if label.dim() != image.dim() or label.shape[0] != image.shape[0] or label.shape[2:] != image.shape[2:]:
-        raise MultiRaterDataError(
-            f"rater stack {tuple(label.shape)} does not match image {tuple(image.shape)}: expected "
-            "(B, R, *spatial) with the image's batch and spatial size; check the loading transforms."
-        )
-    if label.shape[1] != num_raters:
-        raise MultiRaterDataError(
-            f"the batch has {label.shape[1]} rater channels but the network was built for num_raters="
-            f"{num_raters}; set num_raters in the config to the datalist's num_raters."
-        )
-    if rater_mask is None:
-        rater_mask = torch.ones(label.shape[:2], dtype=torch.bool, device=label.device)
-    rater_mask = torch.as_tensor(rater_mask, device=label.device).to(torch.bool)
-    if rater_mask.shape != label.shape[:2]:
-        raise MultiRaterDataError(f"rater_mask {tuple(rater_mask.shape)} must be (B, R) = {tuple(label.shape[:2])}.")
-    return label.to(image.dtype), rater_mask
-
-
-def _noise(rows: int, latent_dim: int, seed: int | None, like: torch.Tensor | None = None) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
-    eps = torch.randn(rows, latent_dim, generator=generator)
-    return eps if like is None else eps.to(like.device, like.dtype)
+__all__ = ["ProbabilisticUNet", "build_latent_parts"]
 
 
 def build_latent_parts(
-    spatial_dims: int = 2,
-    in_channels: int = 1,
     num_raters: int = 4,
-    encoder: str = "small",
-    feature_channels: int = 16,
-    backbone_channels: Sequence[int] = (16, 32, 64, 128),
+    backbone: BackboneConfig | None = None,
     latent_dim: int = 6,
     prior_channels: Sequence[int] | None = None,
     convs_per_block: int | None = None,
@@ -97,28 +51,28 @@ def build_latent_parts(
     head_convs: int = 3,
     out_channels: int = 1,
 ) -> dict[str, nn.Module]:
-    """Backbone, prior, posterior and head from plain arguments.
+    """Backbone, prior, posterior and head (built in this order: the initialisation depends on it).
 
     ``prior_channels``/``convs_per_block`` default to Kohl et al.'s (32, 64, 128, 192) x 3 convolutions
     with ``encoder="resnet34"`` and to (16, 32, 64, 128) x 2 with ``encoder="small"``.
     """
+    backbone = backbone or BackboneConfig()
     if prior_channels is None:
-        prior_channels = (32, 64, 128, 192) if encoder == "resnet34" else (16, 32, 64, 128)
+        prior_channels = (32, 64, 128, 192) if backbone.encoder == "resnet34" else (16, 32, 64, 128)
     if convs_per_block is None:
-        convs_per_block = 3 if encoder == "resnet34" else 2
+        convs_per_block = 3 if backbone.encoder == "resnet34" else 2
+    image_channels, dims = backbone.in_channels, backbone.spatial_dims
     return {
-        "backbone": UNetFeatureBackbone(
-            spatial_dims, in_channels, feature_channels, encoder=encoder, channels=backbone_channels
-        ),
-        "prior": AxisAlignedGaussianEncoder(in_channels, latent_dim, prior_channels, spatial_dims, convs_per_block),
+        "backbone": backbone.build(),
+        "prior": AxisAlignedGaussianEncoder(image_channels, latent_dim, prior_channels, dims, convs_per_block),
         "posterior": AxisAlignedGaussianEncoder(
-            in_channels + num_raters, latent_dim, prior_channels, spatial_dims, convs_per_block
+            image_channels + num_raters, latent_dim, prior_channels, dims, convs_per_block
         ),
-        "head": LatentCombiningHead(feature_channels, latent_dim, out_channels, head_hidden, head_convs),
+        "head": LatentCombiningHead(backbone.feature_channels, latent_dim, out_channels, head_hidden, head_convs),
     }
 
 
-class ProbabilisticUNet(nn.Module):
+class ProbabilisticUNet(MultiRaterMethod):
     """Probabilistic U-Net with random-present-rater training and batched prior sampling.
 
     Args:
@@ -138,7 +92,7 @@ class ProbabilisticUNet(nn.Module):
     Use :meth:`build` to create the whole network from plain arguments (one ``_target_`` in a config).
     """
 
-    __jit_unused_properties__ = ["num_samples"]
+    output_modes = ("samples",)
 
     def __init__(
         self,
@@ -154,7 +108,13 @@ class ProbabilisticUNet(nn.Module):
         seg_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         sample_seed: int | None = 0,
     ) -> None:
-        super().__init__()
+        num_raters = int(num_raters if num_raters is not None else posterior.in_channels - prior.in_channels)
+        if num_raters < 1 or posterior.in_channels != prior.in_channels + num_raters:
+            raise ValueError(
+                f"posterior in_channels ({posterior.in_channels}) must be image channels ({prior.in_channels}) "
+                f"+ num_raters ({num_raters})."
+            )
+        super().__init__(num_raters)
         if prior.latent_dim != latent_dim or posterior.latent_dim != latent_dim or head.latent_dim != latent_dim:
             raise ValueError(f"prior, posterior and head must all use latent_dim={latent_dim}.")
         self.backbone = backbone
@@ -162,12 +122,6 @@ class ProbabilisticUNet(nn.Module):
         self.posterior = posterior
         self.head = head
         self.latent_dim = latent_dim
-        self.num_raters = int(num_raters if num_raters is not None else posterior.in_channels - prior.in_channels)
-        if self.num_raters < 1 or posterior.in_channels != prior.in_channels + self.num_raters:
-            raise ValueError(
-                f"posterior in_channels ({posterior.in_channels}) must be image channels ({prior.in_channels}) "
-                f"+ num_raters ({self.num_raters})."
-            )
         self.beta_kl = float(beta_kl)
         self.l2_weight = float(l2_weight)
         # Losses are kept out of the module tree (a plain dict): they hold no parameters, must not
@@ -177,49 +131,42 @@ class ProbabilisticUNet(nn.Module):
         }
         self.sample_seed = sample_seed
         self.random_sampling = sample_seed is None
-        self.register_buffer("sample_noise", _noise(num_samples, latent_dim, sample_seed), persistent=False)
+        self.register_buffer("sample_noise", fixed_noise(num_samples, latent_dim, sample_seed), persistent=False)
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
     def build(
         cls,
-        spatial_dims: int = 2,
-        in_channels: int = 1,
         num_raters: int = 4,
-        encoder: str = "small",
-        feature_channels: int = 16,
-        backbone_channels: Sequence[int] = (16, 32, 64, 128),
+        backbone: BackboneConfig | None = None,
         latent_dim: int = 6,
         prior_channels: Sequence[int] | None = None,
         convs_per_block: int | None = None,
         head_hidden: int = 16,
         head_convs: int = 3,
-        out_channels: int = 1,
         **kwargs: Any,
     ) -> ProbabilisticUNet:
         """The whole network from plain arguments; ``kwargs`` go to the constructor
         (``num_samples``, ``beta_kl``, ``l2_weight``, ``seg_loss``, ``sample_seed``)."""
-        parts = build_latent_parts(
-            spatial_dims, in_channels, num_raters, encoder, feature_channels, backbone_channels, latent_dim,
-            prior_channels, convs_per_block, head_hidden, head_convs, out_channels,
-        )
+        parts = build_latent_parts(num_raters, backbone, latent_dim, prior_channels, convs_per_block, head_hidden,
+                                   head_convs)
         return cls(**parts, latent_dim=latent_dim, num_raters=num_raters, **kwargs)
 
     @property
     def num_samples(self) -> int:
         return int(self.sample_noise.shape[0])
 
-    def set_sampling(self, num_samples: int | None = None, sample_seed: Any = _KEEP) -> None:
+    def output_groups(self) -> dict[str, int]:
+        return {"samples": self.num_samples}
+
+    @torch.jit.unused
+    def set_sampling(self, num_samples: int | None = None, sample_seed: Any = KEEP) -> None:
         """Change the number of inference samples and/or the seed (None: fresh noise every call)."""
-        if sample_seed is not _KEEP:
+        if sample_seed is not KEEP:
             self.sample_seed = sample_seed
             self.random_sampling = sample_seed is None
         rows = self.num_samples if num_samples is None else int(num_samples)
-        self.sample_noise = _noise(rows, self.latent_dim, self.sample_seed, like=self.sample_noise)
-
-    def parameters_to_train(self) -> list[nn.Parameter]:
-        """Parameters the optimizer should update."""
-        return [p for p in self.parameters() if p.requires_grad]
+        self.sample_noise = fixed_noise(rows, self.latent_dim, self.sample_seed, like=self.sample_noise)
 
     # ------------------------------------------------------------------ inference
     def _prior_codes(self, mu: torch.Tensor, log_sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,21 @@
+"""The method networks, one module each; every one implements :class:`~multirater_monai.networks.MultiRaterMethod`."""
+
+from .avap import AVAP, AVAP_OUTPUT_MODES
+from .dpersona import OUTPUT_MODES, DPersona
+from .fusion_unet import FusionUNet
+from .mh_unet import MultiHeadUNet
+from .prob_unet import ProbabilisticUNet, build_latent_parts
+from .proseg import PROSEG_OUTPUT_MODES, ProSeg
+
+__all__ = [
+    "AVAP",
+    "AVAP_OUTPUT_MODES",
+    "DPersona",
+    "OUTPUT_MODES",
+    "FusionUNet",
+    "MultiHeadUNet",
+    "ProbabilisticUNet",
+    "build_latent_parts",
+    "ProSeg",
+    "PROSEG_OUTPUT_MODES",
+]
