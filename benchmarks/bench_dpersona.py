@@ -59,11 +59,12 @@ def _median_time(fn, repeats: int) -> float:
 def worker(config: str, task: str, repeats: int, threads: int) -> dict:
     import torch
 
-    from multirater_monai.networks import DPersona
+    from multirater_monai.networks import DPersona, BackboneConfig
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    net = DPersona.build(**CONFIGS[config])
+    settings = dict(CONFIGS[config])
+    net = DPersona.build(backbone=BackboneConfig(encoder=settings.pop("encoder")), **settings)
     result = {"params_M": sum(p.numel() for p in net.parameters()) / 1e6}
     result["head_params_K"] = sum(p.numel() for p in net.rater_heads.parameters()) / 4 / 1e3
     size, batch = WORKLOAD[config]
@@ -72,7 +73,7 @@ def worker(config: str, task: str, repeats: int, threads: int) -> dict:
     mask = torch.ones(batch, 4, dtype=torch.bool)
     if task in ("stage1", "stage2"):
         if task == "stage2":
-            net.start_stage2()
+            net.start_stage(2)
         optimizer = torch.optim.Adam(net.parameters_to_train(), lr=1e-4)
         result["rss_start_MB"] = _rss_mb()
 
@@ -94,7 +95,7 @@ def worker(config: str, task: str, repeats: int, threads: int) -> dict:
             result["samples50_batched_ms"] = 1e3 * _median_time(lambda: net(one), repeats)
             net.set_sampling(num_samples=1)
             result["samples50_loop_ms"] = 1e3 * _median_time(lambda: [net(one) for _ in range(50)], max(1, repeats // 2))
-            net.start_stage2()
+            net.start_stage(2)
             net.eval()
             result["personalized4_ms"] = 1e3 * _median_time(lambda: net(one), repeats)
     return result

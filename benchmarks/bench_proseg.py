@@ -38,11 +38,12 @@ WORKLOAD = {"paper": (128, 12), "small128": (128, 12), "cpu": (64, 16)}  # (imag
 def worker(config: str, repeats: int, threads: int) -> dict:
     import torch
 
-    from multirater_monai.networks import ProSeg
+    from multirater_monai.networks import ProSeg, BackboneConfig
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    net = ProSeg.build(num_raters=4, tau_dim=8, **CONFIGS[config])
+    settings = dict(CONFIGS[config])
+    net = ProSeg.build(num_raters=4, tau_dim=8, backbone=BackboneConfig(encoder=settings.pop("encoder")), **settings)
     result = {"params_M": sum(p.numel() for p in net.parameters()) / 1e6}
     size, batch = WORKLOAD[config]
     image = torch.randn(batch, 1, size, size)

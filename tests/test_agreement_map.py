@@ -17,13 +17,3 @@ def test_fraction_of_outputs_above_threshold():
 def test_needs_channel_first_outputs():
     with pytest.raises(ValueError, match="channel-first"):
         AgreementMap()(torch.zeros(4, 4))
-
-
-def test_split_channel_groups_in_order():
-    from multirater_monai.data import SplitChannelGroupsd
-
-    pred = torch.arange(5.0).view(5, 1, 1)  # channels 0..4
-    d = SplitChannelGroupsd("pred", ["personalized", "samples"], [2, 3])({"pred": pred})
-    assert d["personalized"].flatten().tolist() == [0.0, 1.0] and d["samples"].flatten().tolist() == [2.0, 3.0, 4.0]
-    with pytest.raises(ValueError, match="'pred' has 5 channels but the groups .* add up to 4"):
-        SplitChannelGroupsd("pred", ["a", "b"], [2, 2])({"pred": pred})

@@ -84,11 +84,11 @@ def test_inference_writes_calibrated_map_rater_masks_and_overlay(trained, synthe
 
 
 def test_export_torchscript_matches_checkpoint(trained, tmp_path):
-    from multirater_monai.networks import AVAP
+    from multirater_monai.networks import AVAP, BackboneConfig
 
     root, _ = trained
     exported = export_torchscript(CONFIGS, root, tmp_path, TINY_NET)
-    net = AVAP.build(num_raters=4, backbone_channels=(8, 16, 32), feature_channels=8, agreement_channels=8)
+    net = AVAP.build(num_raters=4, backbone=BackboneConfig(channels=(8, 16, 32), feature_channels=8), agreement_channels=8)
     net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():

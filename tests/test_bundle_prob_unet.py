@@ -63,13 +63,13 @@ def test_inference_writes_samples_and_their_agreement(trained, synthetic_dir, tm
 
 
 def test_export_torchscript_matches_checkpoint(trained, tmp_path):
-    from multirater_monai.networks import ProbabilisticUNet
+    from multirater_monai.networks import ProbabilisticUNet, BackboneConfig
 
     ts_path = tmp_path / "model.ts"
     bundle_ok(["ckpt_export", "network_def", "--filepath", str(ts_path), "--ckpt_file", str(trained / "models" / "model.pt"),
                "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.json"),
                "--bundle_root", str(trained), *TINY_NET])
-    net = ProbabilisticUNet.build(num_raters=4, backbone_channels=(8, 16, 32), feature_channels=8, num_samples=5)
+    net = ProbabilisticUNet.build(num_raters=4, backbone=BackboneConfig(channels=(8, 16, 32), feature_channels=8), num_samples=5)
     net.load_state_dict(torch.load(trained / "models" / "model.pt", weights_only=True))
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():

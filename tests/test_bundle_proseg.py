@@ -99,11 +99,11 @@ def test_inference_writes_personalized_samples_agreement_and_overlay(trained, sy
 
 
 def test_export_torchscript_matches_checkpoint(trained, tmp_path):
-    from multirater_monai.networks import ProSeg
+    from multirater_monai.networks import ProSeg, BackboneConfig
 
     root, _ = trained
     exported = export_torchscript(CONFIGS, root, tmp_path, TINY_NET)
-    net = ProSeg.build(num_raters=4, backbone_channels=(8, 16, 32), feature_channels=8, hidden=8, num_samples=6,
+    net = ProSeg.build(num_raters=4, backbone=BackboneConfig(channels=(8, 16, 32), feature_channels=8), hidden=8, num_samples=6,
                        output_mode="personalized+prior")
     net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
     x = torch.rand(2, 1, 64, 64)

@@ -8,24 +8,36 @@ import torch
 
 from multirater_monai.engines import MultiRaterEvaluator, run_evaluation_table
 from multirater_monai.metrics import SetMetricsSaver
+from multirater_monai.networks import MultiRaterMethod
 
 
-class _Outputs(torch.nn.Module):
-    """Returns `num_samples` copies of a fixed 2x2 square (as logits); `grow` widens it by one column."""
+class _Outputs(MultiRaterMethod):
+    """Returns ``num_samples`` copies of a fixed 2x2 square (as logits); mode "wide" widens it by one column."""
+
+    output_modes = ("exact", "wide")
 
     def __init__(self):
-        super().__init__()
-        self.num_samples = 1
-        self.grow = False
+        super().__init__(num_raters=2)
+        self.count = 1
         self.dummy = torch.nn.Parameter(torch.zeros(1))
 
-    def set_count(self, n):
-        self.num_samples = n
+    @property
+    def num_samples(self) -> int:
+        return self.count
+
+    def set_sampling(self, num_samples=None, sample_seed=None):
+        self.count = int(num_samples)
+
+    def output_groups(self):
+        return {"samples": self.count}
+
+    def training_objective(self, image, label, rater_mask=None):
+        return {"loss": self.dummy.sum()}
 
     def forward(self, image):
         mask = torch.zeros(image.shape[0], 1, 4, 4)
-        mask[:, :, :2, : (3 if self.grow else 2)] = 1
-        return (mask * 20 - 10).repeat(1, self.num_samples, 1, 1) + self.dummy
+        mask[:, :, :2, : (3 if self.output_mode == "wide" else 2)] = 1
+        return (mask * 20 - 10).repeat(1, self.count, 1, 1) + self.dummy
 
 
 def test_rows_per_setting_with_known_dice(tmp_path):
@@ -40,8 +52,8 @@ def test_rows_per_setting_with_known_dice(tmp_path):
     )
     rows = run_evaluation_table(
         evaluator,
-        [{"name": "exact x2", "calls": {"set_count": {"n": 2}}},
-         {"name": "wide x2", "attributes": {"num_samples": 2, "grow": True}}],
+        [{"name": "exact x2", "output_mode": "exact", "num_samples": 2},
+         {"name": "wide x2", "output_mode": "wide"}],
         output_dir=str(tmp_path), filename="table",
     )
     assert [r["setting"] for r in rows] == ["exact x2", "wide x2"]
@@ -51,4 +63,13 @@ def test_rows_per_setting_with_known_dice(tmp_path):
     assert abs(rows[1]["ged"] - 2 / 3) < 1e-9
     saved = json.loads((tmp_path / "table.json").read_text())
     assert [r["setting"] for r in saved["rows"]] == ["exact x2", "wide x2"]
+    assert saved["per_image"]["wide x2"][0]["dice_match"] == rows[1]["dice_match"]  # per-image rows kept
     assert (tmp_path / "table.csv").read_text().splitlines()[0].startswith("setting,ged,")
+
+
+def test_unknown_setting_keys_are_refused(tmp_path):
+    import pytest
+
+    evaluator = MultiRaterEvaluator(device=torch.device("cpu"), val_data_loader=[], network=_Outputs())
+    with pytest.raises(ValueError, match=r"setting 'x': unknown keys \['calls'\]"):
+        run_evaluation_table(evaluator, [{"name": "x", "calls": {"set_sampling": {}}}])

@@ -10,7 +10,7 @@ from monai.handlers import StatsHandler, from_engine
 
 from multirater_monai.data import SyntheticMultiRaterDataset
 from multirater_monai.engines import MultiRaterTrainer
-from multirater_monai.networks import DPersona
+from multirater_monai.networks import DPersona, BackboneConfig
 
 TERMS = {"loss", "kl", "seg", "bound", "bound_inter", "bound_union", "l2"}
 
@@ -18,7 +18,7 @@ TERMS = {"loss", "kl", "seg", "bound", "bound_inter", "bound_union", "l2"}
 def _net():
     torch.manual_seed(0)
     return DPersona.build(
-        num_raters=4, encoder="small", backbone_channels=(4, 8, 16), feature_channels=4, prior_channels=(4, 8),
+        num_raters=4, backbone=BackboneConfig(channels=(4, 8, 16), feature_channels=4), prior_channels=(4, 8),
         head_hidden=4, projection_hidden=4, num_bound_samples=3,
     )
 
@@ -68,8 +68,18 @@ def test_missing_rater_mask_means_all_present():
     assert "bound" in trainer.state.output[0]
 
 
-def test_network_without_objective_is_refused():
-    trainer = _trainer(_net())
-    trainer.network = torch.nn.Conv2d(1, 4, 1)
-    with pytest.raises(TypeError, match="training_objective"):
-        trainer._iteration(trainer, {"image": torch.zeros(1, 1, 4, 4), "label": torch.zeros(1, 4, 4, 4)})
+def test_network_that_is_not_a_method_is_refused():
+    conv = torch.nn.Conv2d(1, 4, 1)
+    with pytest.raises(TypeError, match="MultiRaterTrainer trains a MultiRaterMethod .* got Conv2d"):
+        MultiRaterTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=[], network=conv,
+                          optimizer=torch.optim.Adam(conv.parameters()))
+
+
+def test_loss_terms_handler_logs_every_term_without_a_lambda(capsys):
+    from multirater_monai.engines import LossTermsStatsHandler
+
+    handler = LossTermsStatsHandler(name="terms_test", tag_name="train", log_every=2)
+    _trainer(_net(), handlers=[handler]).run()
+    captured = capsys.readouterr()
+    logged = [line for line in (captured.out + captured.err).splitlines() if "Iter: 2/2" in line]
+    assert logged and all(f" {name}: " in logged[-1] for name in TERMS), logged

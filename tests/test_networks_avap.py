@@ -10,9 +10,9 @@ from monai.losses import DiceCELoss
 from multirater_monai.data import agreement_label, make_synthetic_sample
 from multirater_monai.utils.errors import MultiRaterDataError
 from multirater_monai.metrics import soft_dice
-from multirater_monai.networks import AVAP
+from multirater_monai.networks import AVAP, BackboneConfig
 
-TINY = dict(encoder="small", backbone_channels=(4, 8, 16), feature_channels=4, agreement_channels=4, preference_hidden=4)
+TINY = dict(backbone=BackboneConfig(channels=(4, 8, 16), feature_channels=4), agreement_channels=4, preference_hidden=4)
 
 
 def _net(num_raters=3, num_structures=1, **kwargs):
@@ -63,7 +63,7 @@ def test_step2_trains_only_the_preference_head_and_keeps_batchnorm_statistics():
     net = _net()
     image, label = _batch(b=4)
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    net.start_stage2()
+    net.start_stage(2)
     assert {id(p) for p in net.parameters_to_train()} == {id(p) for p in net.preference_head.parameters()}
     optimizer = torch.optim.Adam(net.parameters_to_train(), lr=1e-2)
     for _ in range(3):
@@ -154,14 +154,14 @@ def test_two_steps_learn_the_agreement_and_each_raters_style():
     """
     torch.manual_seed(0)
     train, test = _synthetic(64, 0), _synthetic(32, 1)
-    net = AVAP.build(num_raters=4, num_structures=2, backbone_channels=(8, 16, 32), feature_channels=8,
+    net = AVAP.build(num_raters=4, num_structures=2, backbone=BackboneConfig(channels=(8, 16, 32), feature_channels=8),
                      agreement_channels=8)
     _train(net, train, 200)
     with torch.no_grad():
         calibrated = net.calibrated_map(net.eval()(test[0])[:, :10])
     assert soft_dice(calibrated[:, :1], test[1][:, :4]).mean() > 0.75  # the lesion's agreement map
     consensus = _dice((calibrated[:, :1] > 0.5).float().expand(-1, 4, -1, -1), test[1][:, :4])
-    net.start_stage2()
+    net.start_stage(2)
     _train(net, train, 150)
     with torch.no_grad():
         personalized = net.eval()(test[0])[:, 10:]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from multirater_monai.networks import DPersona
+from multirater_monai.networks import DPersona, BackboneConfig
 
 from .synthetic_batches import dice_per_output, synthetic_tensors
 
 TINY = dict(
-    encoder="small", backbone_channels=(4, 8, 16), feature_channels=4, prior_channels=(4, 8), head_hidden=4,
+    backbone=BackboneConfig(channels=(4, 8, 16), feature_channels=4), prior_channels=(4, 8), head_hidden=4,
     projection_hidden=4, num_samples=5, bank_size=20, num_bound_samples=3,
 )
 
@@ -68,7 +68,7 @@ def test_output_modes():
 def test_stage2_trains_only_the_projection_heads():
     net = _net()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    net.start_stage2()
+    net.start_stage(2)
     params = net.parameters_to_train()
     assert {id(p) for p in params} == {id(p) for p in net.rater_heads.parameters()}
     optimizer = torch.optim.Adam(params, lr=1e-2)
@@ -154,14 +154,14 @@ def test_stage2_learns_each_raters_style_better_than_the_stage1_mean():
     torch.manual_seed(0)
     train, test = synthetic_tensors(64, 0, 32), synthetic_tensors(32, 1, 32)
     net = DPersona.build(
-        num_raters=4, encoder="small", backbone_channels=(8, 16, 32), feature_channels=8, prior_channels=(8, 16, 32),
+        num_raters=4, backbone=BackboneConfig(channels=(8, 16, 32), feature_channels=8), prior_channels=(8, 16, 32),
         head_hidden=8, projection_hidden=8, num_samples=8, bank_size=50, num_bound_samples=6,
     )
     _train(net, train, 250)
     with torch.no_grad():
         mean_prob = torch.sigmoid(net.eval()(test[0])).mean(1, keepdim=True)
         stage1 = dice_per_output(torch.logit(mean_prob, eps=1e-6).expand(-1, 4, -1, -1), test[1])
-    net.start_stage2()
+    net.start_stage(2)
     _train(net, train, 200)
     with torch.no_grad():
         stage2 = dice_per_output(net.eval()(test[0]), test[1])

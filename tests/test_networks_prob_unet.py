@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from multirater_monai.data import MultiRaterDataError
-from multirater_monai.networks import ProbabilisticUNet, random_present_rater
+from multirater_monai.networks import ProbabilisticUNet, random_present_rater, BackboneConfig
 
-TINY = dict(encoder="small", backbone_channels=(4, 8, 16), feature_channels=4, prior_channels=(4, 8), head_hidden=4)
+TINY = dict(backbone=BackboneConfig(channels=(4, 8, 16), feature_channels=4), prior_channels=(4, 8), head_hidden=4)
 
 
 def _net(**kwargs):

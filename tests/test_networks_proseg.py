@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch.distributions import Dirichlet, kl_divergence
 
-from multirater_monai.networks import ProSeg
+from multirater_monai.networks import ProSeg, BackboneConfig
 
 from .synthetic_batches import dice_per_output, synthetic_tensors
 
-TINY = dict(backbone_channels=(4, 8), feature_channels=4, hidden=8, z_channels=2, num_samples=6)
+TINY = dict(backbone=BackboneConfig(channels=(4, 8), feature_channels=4), hidden=8, z_channels=2, num_samples=6)
 
 
 def _net(**kwargs):
@@ -91,7 +91,7 @@ def test_learns_rater_identity_and_style_on_synthetic_raters():
     """
     torch.manual_seed(0)
     train, test = synthetic_tensors(64, 0, 32), synthetic_tensors(32, 1, 32)
-    net = ProSeg.build(num_raters=4, backbone_channels=(8, 16, 32), feature_channels=8, hidden=16, z_channels=4,
+    net = ProSeg.build(num_raters=4, backbone=BackboneConfig(channels=(8, 16, 32), feature_channels=8), hidden=16, z_channels=4,
                        num_samples=8)
     optimizer = torch.optim.Adam(net.parameters_to_train(), lr=3e-3)
     g = torch.Generator().manual_seed(0)

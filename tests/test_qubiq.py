@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from multirater_monai.transforms import MultiRaterPreprocessing
 from multirater_monai.data import (
     MultiRaterDataError,
     load_multirater_datalist,
-    multirater_loading,
     prepare_qubiq,
     qubiq_entries,
     read_datalist_header,
@@ -63,7 +63,7 @@ def test_prepare_and_load_single_slice_volumes_as_2d(tmp_path):
     assert [len(v) for v in sections.values()] == [2, 1, 1]
     entry = next(e for v in sections.values() for e in v if e["case_id"] == "case02")
     validate_multirater_datalist([entry], num_raters=3)
-    sample = multirater_loading(spatial_dims=2, num_raters=3)(entry)
+    sample = MultiRaterPreprocessing(spatial_dims=2, num_raters=3)(entry)
     assert sample["image"].shape == (1, 6, 5) and float(sample["image"].max()) == 2.0
     assert sample["label"].shape == (3, 6, 5)
     assert sample["rater_mask"].tolist() == [True, False, True]
@@ -89,7 +89,7 @@ def test_real_brain_growth_data(tmp_path):
     assert sorted(cases) == sorted(e["case_id"] for e in entries)
     assert data["spatial_dims"] == 2 and data["image_shapes"] == [[128, 128, 1]]
     validate_multirater_datalist(load_multirater_datalist(path, "validation"), num_raters=7)
-    sample = multirater_loading(spatial_dims=2, num_raters=7)(load_multirater_datalist(path, "test")[0])
+    sample = MultiRaterPreprocessing(spatial_dims=2, num_raters=7)(load_multirater_datalist(path, "test")[0])
     assert sample["image"].shape == (1, 128, 128) and sample["label"].shape == (7, 128, 128)
     assert set(torch.unique(sample["label"]).tolist()) == {0.0, 1.0}
     assert bool(sample["rater_mask"].all())

@@ -6,6 +6,7 @@ import pytest
 import torch
 from monai.transforms import Compose, RandAffined, RandFlipd, RandRotate90d
 
+from multirater_monai.transforms import MultiRaterPreprocessing
 from multirater_monai.data import (
     CheckFinited,
     EnsureSpatialDims,
@@ -15,7 +16,6 @@ from multirater_monai.data import (
     RankRatersByArea,
     RankRatersByAread,
     find_data_error,
-    multirater_loading,
 )
 
 
@@ -46,7 +46,7 @@ def files(tmp_path):
 
 def test_load_rater_stack_missing_rater_padding_and_binarising(files):
     load = LoadRaterStackd(num_raters=4)
-    d = multirater_loading()({"image": files["image"], "label": [None, files["r1"], files["r0"]]})
+    d = MultiRaterPreprocessing(spatial_dims=None)({"image": files["image"], "label": [None, files["r1"], files["r0"]]})
     d2 = load({"image": d["image"], "label": [None, files["r1"], files["r0"]]})
     for out in (d, d2):
         stack = out["label"]
@@ -66,7 +66,7 @@ def test_load_rater_stack_missing_rater_padding_and_binarising(files):
 
 
 def test_load_rater_stack_errors_name_the_file(files, tmp_path):
-    loading = multirater_loading(num_raters=2)
+    loading = MultiRaterPreprocessing(spatial_dims=None, num_raters=2)
     with pytest.raises(Exception) as info:
         loading({"image": files["image"], "label": [files["r0"], files["wide"]]})
     err = find_data_error(info.value)  # MONAI's Compose wraps it in RuntimeError; the cause is ours
@@ -95,7 +95,7 @@ def test_load_rater_stack_errors_name_the_file(files, tmp_path):
 
 def test_nan_image_is_refused_naming_the_file(files):
     with pytest.raises(Exception) as info:
-        multirater_loading()({"image": files["nan"], "label": [files["r0"]]})
+        MultiRaterPreprocessing(spatial_dims=None)({"image": files["nan"], "label": [files["r0"]]})
     err = find_data_error(info.value)
     # 9 of the 20 values (11..19) were set to NaN
     assert isinstance(err, MultiRaterDataError)
@@ -168,7 +168,7 @@ def test_cache_dataset_caches_the_loading_so_epochs_read_no_files(files, tmp_pat
     folder = tmp_path / "copy"
     folder.mkdir()
     item = {"image": shutil.copy(files["image"], folder), "label": [shutil.copy(files["r0"], folder)]}
-    dataset = CacheDataset([item], Compose([multirater_loading(num_raters=1), RandFlipd(["image", "label"], prob=1.0, spatial_axis=0)]),
+    dataset = CacheDataset([item], Compose([MultiRaterPreprocessing(spatial_dims=None, num_raters=1), RandFlipd(["image", "label"], prob=1.0, spatial_axis=0)]),
                            progress=False)
     shutil.rmtree(folder)  # the files are gone: only a cached sample can still be served
     sample = dataset[0]

@@ -7,12 +7,12 @@ import pytest
 import torch
 from scipy import ndimage
 
+from multirater_monai.transforms import MultiRaterPreprocessing
 from multirater_monai.data import (
     MultiRaterDataError,
     SyntheticMultiRaterDataset,
     load_multirater_datalist,
     make_synthetic_sample,
-    multirater_loading,
     prepare_synthetic,
     read_datalist_header,
     validate_multirater_datalist,
@@ -99,7 +99,7 @@ def test_prepare_synthetic_round_trips_through_the_loaders(tmp_path):
         validate_multirater_datalist(entries, num_raters=4)
     entry = sections["training"][0]
     index = int(entry["case_id"][3:])
-    sample = multirater_loading(spatial_dims=2, num_raters=4)(entry)
+    sample = MultiRaterPreprocessing(spatial_dims=2, num_raters=4)(entry)
     expected = SyntheticMultiRaterDataset(num_samples=10, seed=2, missing_rate=0.3)[index]
     assert torch.equal(sample["image"].as_tensor(), expected["image"].as_tensor())  # float32 stored exactly
     assert torch.equal(sample["label"].as_tensor(), expected["label"].as_tensor())  # same orientation

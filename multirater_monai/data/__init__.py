@@ -10,6 +10,7 @@ from .array import FUSION_METHODS, CheckFilesExist, CheckFinite, EnsureSpatialDi
 from .datalist import (
     load_multirater_datalist,
     read_datalist_header,
+    structure_names,
     split_entries,
     validate_multirater_datalist,
     write_multirater_datalist,
@@ -33,14 +34,11 @@ from .dictionary import (
     RankRatersByAreaD,
     RankRatersByAread,
     RankRatersByAreaDict,
-    MultiRaterLoadingd,
-    multirater_loading,
 )
 from ..utils.errors import MultiRaterDataError, find_data_error
 from .qubiq import prepare_qubiq, qubiq_entries
 from .rater_selection import entries_for_fusion, entries_with_rater
 from .registry import ensure_dataset, prepare_dataset, quick_options
-from .split_channels import SplitChannelGroupsD, SplitChannelGroupsd, SplitChannelGroupsDict
 from .synthetic import SyntheticMultiRaterDataset, make_synthetic_sample, prepare_synthetic
 
 
@@ -62,4 +60,3 @@ from .agreement_label import (
     agreement_label,
     agreement_probability,
 )
-from .avap_outputs import AVAPOutputsD, AVAPOutputsd, AVAPOutputsDict

@@ -30,6 +30,7 @@ __all__ = [
     "DATALIST_SECTIONS",
     "load_multirater_datalist",
     "read_datalist_header",
+    "structure_names",
     "write_multirater_datalist",
     "validate_multirater_datalist",
     "split_counts",
@@ -71,6 +72,17 @@ def read_datalist_header(path: str | os.PathLike) -> dict:
     """The datalist's descriptive entries (``num_raters``, ``rater_names``, ``spatial_dims``, ...) without the sections."""
     data = _read_json(Path(path))
     return {k: v for k, v in data.items() if not (isinstance(v, list) and k in DATALIST_SECTIONS)}
+
+
+def structure_names(path: str | os.PathLike, num_structures: int = 1) -> list[str]:
+    """The datalist's ``structures`` names, or ``["s1", ...]`` when it names none."""
+    names = read_datalist_header(path).get("structures") or [f"s{k + 1}" for k in range(int(num_structures))]
+    if len(names) != int(num_structures):
+        raise MultiRaterDataError(
+            f"datalist {path} names {len(names)} structures {names} but num_structures={num_structures}; fix: set "
+            f"num_structures to {len(names)}."
+        )
+    return [str(n) for n in names]
 
 
 def load_multirater_datalist(

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 from monai.config import KeysCollection
-from monai.transforms import Compose, EnsureChannelFirstd, InvertibleTransform, LoadImaged, MapTransform, Randomizable, Transform
+from monai.transforms import InvertibleTransform, MapTransform, Randomizable
 from monai.utils import ensure_tuple_rep
 
 from .array import CheckFilesExist, CheckFinite, EnsureSpatialDims, FuseRaters, LoadRaterStack, RankRatersByArea, source_name
@@ -23,8 +23,6 @@ __all__ = [
     "LoadRaterStackd", "LoadRaterStackD", "LoadRaterStackDict",
     "RankRatersByAread", "RankRatersByAreaD", "RankRatersByAreaDict",
     "FuseRatersd", "FuseRatersD", "FuseRatersDict",
-    "MultiRaterLoadingd",
-    "multirater_loading",
 ]
 
 
@@ -181,46 +179,6 @@ class FuseRatersd(Randomizable, MapTransform):
         for key, out_key in self.key_iterator(d, self.output_keys):
             d[out_key if out_key is not None else key] = self.fuser(d[key], mask)
         return d
-
-
-class MultiRaterLoadingd(Transform):
-    """The standard loading steps run as one deterministic transform (see :func:`multirater_loading`).
-
-    Not a ``Compose`` on purpose: MONAI's ``Compose`` counts as randomizable, and ``CacheDataset``
-    stops caching at the first randomizable transform, so a nested ``Compose`` of loading steps
-    would make every epoch re-read every NIfTI file. This wrapper is cached like ``LoadImaged``.
-    """
-
-    def __init__(self, steps: list) -> None:
-        self.steps = Compose(steps)
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
-        return self.steps(data)
-
-
-def multirater_loading(
-    image_key: str = "image",
-    label_key: str = "label",
-    rater_mask_key: str = "rater_mask",
-    spatial_dims: int | None = None,
-    num_raters: int | None = None,
-    image_reader=None,
-    label_reader=None,
-) -> MultiRaterLoadingd:
-    """The standard loading steps, as one transform: check the image file exists, read it channel-first, drop trailing
-    size-1 axes to ``spatial_dims`` (QUBIQ's ``(H, W, 1)`` -> ``(1, H, W)``), refuse NaN/Inf images
-    naming the file, then read the rater stack against the image's grid and set ``rater_mask``.
-    ``CacheDataset`` caches its output (it is deterministic).
-    """
-    steps = [CheckFilesExistd(image_key), LoadImaged(image_key, reader=image_reader, image_only=True), EnsureChannelFirstd(image_key)]
-    if spatial_dims is not None:
-        steps.append(EnsureSpatialDimsd(image_key, spatial_dims))
-    steps += [
-        CheckFinited(image_key),
-        LoadRaterStackd(label_key, rater_mask_key=rater_mask_key, image_key=image_key, num_raters=num_raters,
-                        spatial_dims=spatial_dims, reader=label_reader),
-    ]
-    return MultiRaterLoadingd(steps)
 
 
 CheckFilesExistD = CheckFilesExistDict = CheckFilesExistd

@@ -2,7 +2,7 @@
 
 The brain-growth copy in ``../shared/data/qubiq_brain_growth`` stores 2D slices as
 ``(128, 128, 1)`` volumes. Its datalist says ``"spatial_dims": 2``; load it with
-``multirater_loading(spatial_dims=2)`` (or ``EnsureSpatialDimsd`` + ``LoadRaterStackd(spatial_dims=2)``),
+``multirater_monai.transforms.MultiRaterPreprocessing(spatial_dims=2)`` (or ``EnsureSpatialDimsd`` + ``LoadRaterStackd(spatial_dims=2)``),
 which drops the trailing size-1 axis so samples are ``(1, 128, 128)`` / ``(7, 128, 128)`` like
 every other 2D data set. The datalist points at the original files by absolute path: nothing is
 copied, so the (research-only) data never enters the project folder.

@@ -72,7 +72,7 @@ def run_evaluation_table(
     rows: list[dict[str, Any]] = []
     per_image: dict[str, list] = {}
     for setting in settings:
-        _apply_setting(network, setting, evaluator.device)
+        _apply_setting(network, setting, evaluator.state.device)
         evaluator.run()
         result = getattr(evaluator.state, "set_metrics", None)
         if result is None:

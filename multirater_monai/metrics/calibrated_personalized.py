@@ -38,7 +38,7 @@ def _items(output: Any, key: str) -> list[torch.Tensor]:
         if key not in output[0]:
             raise KeyError(
                 f"the evaluator output has no '{key}'; add the post-processing that writes it "
-                "(multirater_monai.data.AVAPOutputsd for AVAP)."
+                "(multirater_monai.transforms.MethodOutputsd)."
             )
         return [item[key] for item in output]
     raise ValueError(f"cannot read '{key}' from an engine output of type {type(output).__name__}.")

@@ -47,7 +47,7 @@ class MultiRaterPreprocessing(MapTransform, InvertibleTransform):
     """Load, check, window, pad and type one multi-rater item (``image`` [+ ``label`` files]); see the module docstring.
 
     Args:
-        spatial_dims: spatial dimensions the network works in (2 for slices).
+        spatial_dims: spatial dimensions the network works in (2 for slices); None keeps the file's axes.
         num_raters: expected label files per item (``R * K`` with K structures); None: as listed.
         rank_raters_by_area: reorder the raters by foreground area (smallest first), as the LIDC papers do.
         intensity_range: ``[a_min, a_max]`` mapped to [0, 1] with clipping; None keeps the intensities.
@@ -58,7 +58,7 @@ class MultiRaterPreprocessing(MapTransform, InvertibleTransform):
 
     def __init__(
         self,
-        spatial_dims: int = 2,
+        spatial_dims: int | None = 2,
         num_raters: int | None = None,
         rank_raters_by_area: bool = False,
         intensity_range: Sequence[float] | None = None,
@@ -75,7 +75,7 @@ class MultiRaterPreprocessing(MapTransform, InvertibleTransform):
             CheckFilesExistd(image_key),
             LoadImaged(image_key, image_only=True),
             EnsureChannelFirstd(image_key),
-            EnsureSpatialDimsd(image_key, spatial_dims),
+            *([EnsureSpatialDimsd(image_key, spatial_dims)] if spatial_dims is not None else []),
             CheckFinited(image_key),
             # the label is absent at inference: these steps then leave the item as it is
             LoadRaterStackd(label_key, rater_mask_key=rater_mask_key, image_key=image_key, num_raters=num_raters,

@@ -5,7 +5,14 @@ engines can use errors and atomic writes without importing ``data``.
 """
 
 from .atomic import atomic_output_dir, atomic_write_json, atomic_write_text
-from .bundle_helpers import default_bundle_root, default_cache_root, list_input_images, rater_names, require_checkpoint
+from .bundle_helpers import (
+    default_bundle_root,
+    default_cache_root,
+    list_input_images,
+    output_names,
+    rater_names,
+    require_checkpoint,
+)
 from .checkpoint import load_network_weights
 from .errors import MultiRaterDataError, find_data_error
 
@@ -18,6 +25,7 @@ __all__ = [
     "default_bundle_root",
     "default_cache_root",
     "list_input_images",
+    "output_names",
     "rater_names",
     "require_checkpoint",
     "load_network_weights",

@@ -7,7 +7,9 @@ import os
 
 from .errors import MultiRaterDataError
 
-__all__ = ["require_checkpoint", "list_input_images", "default_bundle_root", "default_cache_root", "rater_names"]
+__all__ = [
+    "require_checkpoint", "list_input_images", "default_bundle_root", "default_cache_root", "rater_names", "output_names",
+]
 
 _IMAGE_PATTERNS = ("*.nii.gz", "*.nii", "*.nrrd", "*.mha", "*.dcm")
 
@@ -26,6 +28,13 @@ def default_cache_root() -> str:
 def rater_names(num_raters: int, prefix: str = "A") -> list[str]:
     """``["A1", ..., "AR"]``: the column and output names of the raters."""
     return [f"{prefix}{i + 1}" for i in range(int(num_raters))]
+
+
+def output_names(rater_names: list[str], num_structures: int = 1) -> list[str]:
+    """Names of ``K * R`` structure-major per-rater outputs: the rater names, prefixed ``s<k>_`` with several structures."""
+    if int(num_structures) == 1:
+        return list(rater_names)
+    return [f"s{k + 1}_{name}" for k in range(int(num_structures)) for name in rater_names]
 
 
 def require_checkpoint(path: str) -> str:
