@@ -66,3 +66,30 @@ def export_torchscript(configs: Path, root: Path, tmp_path: Path, overrides: lis
                "--meta_file", str(configs / "metadata.json"), "--config_file", str(configs / "inference.json"),
                "--bundle_root", str(root), *overrides])
     return torch.jit.load(str(ts_path))
+
+
+# Overrides that make each bundle's network tiny (fast on 2 CPU cores), for train and inference configs alike.
+_TINY_BACKBONE = ["--backbone#channels", "[8,16,32]", "--backbone#feature_channels", "8"]
+TINY = {
+    "dpersona": [*_TINY_BACKBONE, "--num_samples", "6", "--bank_size", "30"],
+    "prob_unet": [*_TINY_BACKBONE, "--num_samples", "5"],
+    "proseg": [*_TINY_BACKBONE, "--network_def#hidden", "8", "--num_samples", "6"],
+    "avap": [*_TINY_BACKBONE, "--network_def#agreement_channels", "8"],
+    "mh_unet": list(_TINY_BACKBONE),
+    "unet_fusion": ["--backbone#channels", "[8,16,32]", "--backbone#strides", "[2,2]", "--backbone#num_res_units", "1"],
+}
+# The synthetic data set of conftest.synthetic_dir: values in [0, 1], raters in their own order.
+SYNTHETIC = ["--dataset_name", "synthetic", "--rank_raters_by_area", "False", "--intensity_range", "[0,1]"]
+
+
+def overrides_dict(args: list[str]) -> dict:
+    """``["--a#b", "[1,2]", ...]`` -> ``{"a#b": [1, 2], ...}`` (values parsed as MONAI's CLI does)."""
+    import ast
+
+    out = {}
+    for key, value in zip(args[::2], args[1::2]):
+        try:
+            out[key[2:]] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key[2:]] = value
+    return out

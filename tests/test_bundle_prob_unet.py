@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from .bundle_runner import bundle_ok
 from .conftest import REPO_ROOT
@@ -20,7 +19,7 @@ from .conftest import REPO_ROOT
 pytestmark = pytest.mark.slow
 
 CONFIGS = REPO_ROOT / "bundles" / "prob_unet" / "configs"
-TINY_NET = ["--network_def#backbone_channels", "[8,16,32]", "--network_def#feature_channels", "8", "--num_samples", "5"]
+TINY_NET = ["--backbone#channels", "[8,16,32]", "--backbone#feature_channels", "8", "--num_samples", "5"]
 SYNTHETIC = ["--dataset_name", "synthetic", "--rank_raters_by_area", "False", "--intensity_range", "[0,1]", *TINY_NET]
 
 
@@ -60,22 +59,3 @@ def test_inference_writes_samples_and_their_agreement(trained, synthetic_dir, tm
     assert set(samples.ravel().tolist()) <= {0.0, 1.0} and samples.sum() > 0
     assert agreement == pytest.approx(samples.mean(-1))
     assert (out_dir / f"{stem}_overlay.png").is_file()
-
-
-def test_export_torchscript_matches_checkpoint(trained, tmp_path):
-    from multirater_monai.networks import ProbabilisticUNet, BackboneConfig
-
-    ts_path = tmp_path / "model.ts"
-    bundle_ok(["ckpt_export", "network_def", "--filepath", str(ts_path), "--ckpt_file", str(trained / "models" / "model.pt"),
-               "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.json"),
-               "--bundle_root", str(trained), *TINY_NET])
-    net = ProbabilisticUNet.build(num_raters=4, backbone=BackboneConfig(channels=(8, 16, 32), feature_channels=8), num_samples=5)
-    net.load_state_dict(torch.load(trained / "models" / "model.pt", weights_only=True))
-    x = torch.rand(2, 1, 64, 64)
-    with torch.no_grad():
-        assert torch.allclose(torch.jit.load(str(ts_path))(x), net.eval()(x), atol=1e-5)
-
-
-def test_verify_net_in_out_passes():
-    bundle_ok(["verify_net_in_out", "network_def", "--meta_file", str(CONFIGS / "metadata.json"),
-               "--config_file", str(CONFIGS / "inference.json")])

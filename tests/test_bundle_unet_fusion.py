@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from .bundle_runner import bundle as _bundle
 from .bundle_runner import bundle_ok as _run_ok
@@ -99,39 +98,6 @@ def test_inference_writes_nifti_masks(trained, synthetic_dir, tmp_path):
     assert mask.shape[:2] == (64, 64) and set(mask.ravel().tolist()) <= {0.0, 1.0} and mask.sum() > 0
     overlays = sorted(p.name for p in out_dir.glob("*_overlay.png"))
     assert overlays == [p.name.replace(".nii.gz", "_overlay.png") for p in sorted(images.glob("*.nii.gz"))]
-
-
-def test_export_torchscript_matches_checkpoint(trained, tmp_path):
-    root = trained[0]
-    ts_path = tmp_path / "model.ts"
-    small = ["--network_def#channels", "[8,16,32]", "--network_def#strides", "[2,2]", "--network_def#num_res_units", "1"]
-    _run_ok(["ckpt_export", "network_def", "--filepath", str(ts_path), "--ckpt_file", str(root / "models" / "model.pt"),
-             "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.json"),
-             "--bundle_root", str(root), *small])
-    scripted = torch.jit.load(str(ts_path))
-    from monai.networks.nets import UNet
-
-    net = UNet(spatial_dims=2, in_channels=1, out_channels=1, channels=[8, 16, 32], strides=[2, 2],
-               num_res_units=1, norm="batch")
-    net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
-    net.eval()
-    x = torch.rand(2, 1, 64, 64)
-    with torch.no_grad():
-        assert torch.allclose(scripted(x), net(x), atol=1e-5)
-
-
-def test_verify_net_in_out_passes():
-    _run_ok(["verify_net_in_out", "network_def", "--meta_file", str(CONFIGS / "metadata.json"),
-             "--config_file", str(CONFIGS / "inference.json")])
-
-
-def test_evaluate_without_checkpoint_names_the_fix(tmp_path, synthetic_dir):
-    proc = _bundle(["run", "--config_file", f"['{CONFIGS / 'train.json'}','{CONFIGS / 'evaluate.json'}']",
-                    "--bundle_root", str(tmp_path), "--dataset_dir", str(synthetic_dir), *SYNTHETIC_OVERRIDES])
-    assert proc.returncode != 0
-    assert f"checkpoint not found: {tmp_path}/models/model.pt" in proc.stderr
-    assert "python -m monai.bundle run training" in proc.stderr
-
 
 def test_training_on_a_datalist_with_a_missing_rater_file_stops_before_training(tmp_path, synthetic_dir):
     import shutil

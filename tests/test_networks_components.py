@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from torch.distributions import Independent, Normal, kl_divergence
+from torch.distributions import Independent, kl_divergence
 from torch.nn import functional as F
 
 from multirater_monai.networks import (

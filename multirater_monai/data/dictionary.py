@@ -7,7 +7,6 @@ A loaded sample follows the project contract: ``image`` (C, H, W[, D]) float Met
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
 
 import torch
 from monai.config import KeysCollection

@@ -1,6 +1,6 @@
 """Engines for multi-rater batches (MONAI SupervisedTrainer/SupervisedEvaluator subclasses) and their handlers."""
 
-from .evaluation_table import format_settings_table, run_evaluation_table
+from .evaluation_table import EvaluationTable, format_settings_table, run_evaluation_table
 from .evaluator import MultiRaterEvaluator
 from .loss_logging import LossTermsStatsHandler, loss_terms
 from .run_summary import InferenceSummaryHandler
@@ -13,6 +13,7 @@ __all__ = [
     "LossTermsStatsHandler",
     "InferenceSummaryHandler",
     "loss_terms",
+    "EvaluationTable",
     "format_settings_table",
     "run_evaluation_table",
     "begin_stage",

@@ -23,7 +23,7 @@ from ..networks.method import MultiRaterMethod
 from ..utils.atomic import atomic_write_json, atomic_write_text
 from ..utils.checkpoint import load_network_weights
 
-__all__ = ["run_evaluation_table", "format_settings_table"]
+__all__ = ["EvaluationTable", "run_evaluation_table", "format_settings_table"]
 
 
 _SETTING_KEYS = {"name", "checkpoint", "output_mode", "num_samples", "sample_seed"}
@@ -95,3 +95,21 @@ def run_evaluation_table(
         atomic_write_json(os.path.join(output_dir, f"{filename}.json"), doc)
         atomic_write_text(os.path.join(output_dir, f"{filename}.csv"), text.getvalue())
     return rows
+
+
+class EvaluationTable:
+    """The evaluation of a bundle as one component: ``run()`` is :func:`run_evaluation_table` with these arguments.
+
+    In ``evaluate.json``::
+
+        "evaluation": {"_target_": "multirater_monai.engines.EvaluationTable", "evaluator": "@validate#evaluator",
+                       "settings": "@evaluation_settings", "output_dir": "@output_dir"},
+        "run": ["$@evaluation.run()"]
+    """
+
+    def __init__(self, evaluator, settings: Sequence[Mapping[str, Any]], output_dir: str | None = None,
+                 filename: str = "metrics") -> None:
+        self.evaluator, self.settings, self.output_dir, self.filename = evaluator, settings, output_dir, filename
+
+    def run(self) -> list[dict[str, Any]]:
+        return run_evaluation_table(self.evaluator, self.settings, self.output_dir, self.filename)

@@ -58,7 +58,6 @@ Ablations (the paper's Table 2): ``use_tau=False`` feeds zeros for tau and drops
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
