@@ -42,7 +42,8 @@ def trained(tmp_path_factory, synthetic_dir) -> tuple[Path, str]:
 
 def test_training_runs_both_steps_and_step2_changes_only_the_preference_head(trained):
     root, out = trained
-    assert "[stage II] from" in out and "model_stage1.pt" in out
+    assert "[stage 2] from" in out and "model_stage1.pt" in out
+    assert "trainable parameters (preference_head), frozen: backbone, agreement_branches" in out
     step1 = torch.load(root / "models" / "model_stage1.pt", weights_only=True)
     step2 = torch.load(root / "models" / "model.pt", weights_only=True)
     assert step1.keys() == step2.keys()

@@ -59,7 +59,8 @@ def evaluated(trained, synthetic_dir) -> list[dict]:
 
 def test_training_runs_both_stages_and_keeps_both_checkpoints(trained):
     root, out = trained
-    assert "[stage II] from" in out and "trainable parameters (rater_heads), rest frozen" in out
+    assert "[stage 2] from" in out
+    assert "trainable parameters (rater_heads), frozen: backbone, prior, posterior, head" in out
     stage1 = torch.load(root / "models" / "model_stage1.pt", weights_only=True)
     stage2 = torch.load(root / "models" / "model.pt", weights_only=True)
     assert stage1.keys() == stage2.keys()

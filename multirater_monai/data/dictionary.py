@@ -13,6 +13,7 @@ from monai.config import KeysCollection
 from monai.transforms import InvertibleTransform, MapTransform, Randomizable
 from monai.utils import ensure_tuple_rep
 
+from ..utils.errors import MultiRaterDataError
 from .array import CheckFilesExist, CheckFinite, EnsureSpatialDims, FuseRaters, LoadRaterStack, RankRatersByArea, source_name
 
 __all__ = [
@@ -142,11 +143,13 @@ class RankRatersByAread(MapTransform):
 
 
 class FuseRatersd(Randomizable, MapTransform):
-    """Dictionary twin of :class:`FuseRaters`: ``d[output_key]`` = fused ``(1, *spatial)`` label.
+    """Dictionary twin of :class:`FuseRaters`: ``d[output_key]`` = fused ``(K, *spatial)`` label.
 
     ``output_key=None`` overwrites ``d[key]`` (``rater_mask`` is left as it was: it still describes
     the original raters). ``method``, ``rater_index``, ``staple_probabilities``: see ``FuseRaters``.
-    ``set_random_state`` seeds the ``"random"`` method.
+    With ``num_structures`` K > 1 the stack is ``(K * R, *spatial)`` structure-major (the project's
+    multi-structure layout) and each structure's raters are fused on their own; ``"random"`` then
+    draws one rater per sample for all structures. ``set_random_state`` seeds the ``"random"`` method.
     """
 
     def __init__(
@@ -157,11 +160,13 @@ class FuseRatersd(Randomizable, MapTransform):
         output_key: str | Sequence[str] | None = None,
         rater_index: int | None = None,
         staple_probabilities: bool = False,
+        num_structures: int = 1,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.rater_mask_key = rater_mask_key
         self.output_keys = ensure_tuple_rep(output_key, len(self.keys))
+        self.num_structures = int(num_structures)
         self.fuser = FuseRaters(method, rater_index=rater_index, staple_probabilities=staple_probabilities)
 
     def set_random_state(self, seed: int | None = None, state=None) -> "FuseRatersd":
@@ -172,11 +177,25 @@ class FuseRatersd(Randomizable, MapTransform):
     def randomize(self, data=None) -> None:
         pass  # the array transform draws per call, over that sample's present raters
 
+    def _fuse(self, stack, mask):
+        k = self.num_structures
+        if k == 1:
+            return self.fuser(stack, mask)
+        if stack.shape[0] % k:
+            raise MultiRaterDataError(
+                f"the rater stack has {stack.shape[0]} channels, not a multiple of num_structures={k}; fix: set "
+                "num_structures to the datalist's."
+            )
+        r = stack.shape[0] // k
+        parts = [self.fuser(stack[i * r:(i + 1) * r], None if mask is None else mask[i * r:(i + 1) * r],
+                            randomize=i == 0) for i in range(k)]
+        return torch.cat(parts, dim=0)
+
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         mask = d.get(self.rater_mask_key) if self.rater_mask_key is not None else None
         for key, out_key in self.key_iterator(d, self.output_keys):
-            d[out_key if out_key is not None else key] = self.fuser(d[key], mask)
+            d[out_key if out_key is not None else key] = self._fuse(d[key], mask)
         return d
 
 

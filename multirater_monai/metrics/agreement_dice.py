@@ -25,9 +25,9 @@ from monai.utils import MetricReduction
 
 from multirater_monai.utils.errors import MultiRaterDataError
 
-from .cumulative import _SetMetric
-from .handlers import _SetMetricHandler, from_engine_with_rater_mask
-from .set_metrics import DEFAULT_THRESHOLDS, _prepare, soft_dice
+from .cumulative import SetMetric
+from .handlers import SetMetricHandler, from_engine_with_rater_mask
+from .set_metrics import DEFAULT_THRESHOLDS, prepare_sets, soft_dice
 
 __all__ = [
     "mean_voting_dice",
@@ -77,7 +77,7 @@ def average_rater_dice(
     """
     if len(thresholds) == 0:
         raise ValueError("thresholds must hold at least one value, e.g. (0.1, 0.3, 0.5, 0.7, 0.9).")
-    pred, label, mask = _prepare(pred, label, rater_mask)  # (B, C, N) float, (B, C, N) bool, (B, C)
+    pred, label, mask = prepare_sets(pred, label, rater_mask)  # (B, C, N) float, (B, C, N) bool, (B, C)
     if pred.shape[1] != label.shape[1]:
         raise MultiRaterDataError(
             f"'Average' pairs output c with rater c: got {pred.shape[1]} outputs for {label.shape[1]} raters; "
@@ -91,7 +91,7 @@ def average_rater_dice(
     return dice.masked_fill(~mask, float("nan"))
 
 
-class MeanVotingDiceMetric(_SetMetric):
+class MeanVotingDiceMetric(SetMetric):
     """'Mean Voting' per image and structure, buffered ``(B, K)``; ``aggregate()`` averages both (NaN-aware)."""
 
     def __init__(
@@ -111,7 +111,7 @@ class MeanVotingDiceMetric(_SetMetric):
         return mean_voting_dice(y_pred, y, rater_mask, self.thresholds)
 
 
-class AverageRaterDiceMetric(_SetMetric):
+class AverageRaterDiceMetric(SetMetric):
     """'Average': buffers :func:`average_rater_dice` ``(B, C)``; ``aggregate()`` is the mean over raters of each
     rater's mean over the images it annotated (the papers' column mean, as ``DiceMeanMetric``)."""
 
@@ -135,7 +135,7 @@ class AverageRaterDiceMetric(_SetMetric):
         return (value, (~torch.isnan(columns)).sum().to(value.dtype)) if self.get_not_nans else value
 
 
-class MeanVotingDice(_SetMetricHandler):
+class MeanVotingDice(SetMetricHandler):
     """Handler for 'Mean Voting'; reads ``calibrated``, ``label``, ``rater_mask`` from the evaluator output."""
 
     def __init__(
@@ -152,7 +152,7 @@ class MeanVotingDice(_SetMetricHandler):
         )
 
 
-class AverageRaterDice(_SetMetricHandler):
+class AverageRaterDice(SetMetricHandler):
     """Handler for 'Average'; reads ``personalized``, ``label``, ``rater_mask`` from the evaluator output."""
 
     def __init__(

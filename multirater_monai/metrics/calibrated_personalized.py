@@ -7,8 +7,9 @@ Dice_mean) computed on the R per-rater outputs. This handler computes all of the
 evaluator's decollated output and leaves the summary in ``engine.state.set_metrics``, where
 :func:`multirater_monai.engines.run_evaluation_table` reads it.
 
-Keys: with one structure ``mean_voting``, ``average``, then the set-table keys; with several,
-every key is prefixed by the structure's name (``core_mean_voting``, ``core_ged``, ...).
+Keys: with one structure ``mean_voting``, ``average``, each rater's soft Dice ``average_A1 .. average_AR``
+(so that the rows of single-rater models can be compared rater by rater), then the set-table keys; with
+several structures every key is prefixed by the structure's name (``core_mean_voting``, ``core_ged``, ...).
 """
 
 from __future__ import annotations
@@ -130,6 +131,9 @@ class CalibratedPersonalizedSaver:
         masks = _items(output, mask_key) if isinstance(first, dict) and mask_key in first else None
         self.update(_items(output, cal_key), _items(output, per_key), _items(output, lab_key), masks)
 
+    def _rater_names(self) -> list[str]:
+        return list(self.rater_names) if self.rater_names is not None else [f"A{i + 1}" for i in range(self.num_raters)]
+
     def _prefix(self, k: int) -> str:
         if len(self._parts) == 1:
             return ""
@@ -145,6 +149,8 @@ class CalibratedPersonalizedSaver:
             prefix = self._prefix(k)
             out[f"{prefix}mean_voting"] = float(mean_voting.aggregate())
             out[f"{prefix}average"] = float(average.aggregate())
+            per_rater = torch.nanmean(average.get_buffer(), dim=0).tolist()
+            out.update({f"{prefix}average_{name}": value for name, value in zip(self._rater_names(), per_rater)})
             out.update({f"{prefix}{key}": value for key, value in table.aggregate().items()})
         return out
 
@@ -153,11 +159,13 @@ class CalibratedPersonalizedSaver:
         for k, (mean_voting, average, table) in enumerate(self._parts):
             prefix = self._prefix(k)
             voting = mean_voting.get_buffer()[:, 0].tolist()
-            per_rater = torch.nanmean(average.get_buffer(), dim=1).tolist()
+            buffer = average.get_buffer()
+            per_rater = torch.nanmean(buffer, dim=1).tolist()
             for i, row in enumerate(table.per_image()):
                 if k == 0:
                     rows.append({})
                 rows[i].update({f"{prefix}mean_voting": voting[i], f"{prefix}average": per_rater[i]})
+                rows[i].update({f"{prefix}average_{n}": float(v) for n, v in zip(self._rater_names(), buffer[i])})
                 rows[i].update({f"{prefix}{key}": value for key, value in row.items()})
         return rows
 

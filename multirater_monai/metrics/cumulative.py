@@ -41,6 +41,7 @@ from .set_metrics import (
 )
 
 __all__ = [
+    "SetMetric",
     "nan_aware_reduction",
     "GeneralizedEnergyDistanceMetric",
     "SoftDiceMetric",
@@ -95,7 +96,7 @@ def _split_rater_mask(rater_mask: Any, n_images: int) -> list[Any]:
     return masks
 
 
-class _SetMetric(CumulativeIterationMetric):
+class SetMetric(CumulativeIterationMetric):
     """Shared plumbing: the ``rater_mask`` keyword, list inputs, NaN-aware reduction."""
 
     def __init__(
@@ -145,7 +146,7 @@ class _SetMetric(CumulativeIterationMetric):
         return self._reduce(data, reduction)
 
 
-class GeneralizedEnergyDistanceMetric(_SetMetric):
+class GeneralizedEnergyDistanceMetric(SetMetric):
     """Generalized energy distance per image (lower is better); also buffers ``d_pa``, ``d_pp``, ``d_aa``.
 
     ``aggregate()`` reduces GED; ``aggregate_terms()`` returns all four reduced values.
@@ -180,7 +181,7 @@ class GeneralizedEnergyDistanceMetric(_SetMetric):
         return {k: self._reduce(b, reduction) for k, b in zip(("ged", "d_pa", "d_pp", "d_aa"), buffers)}
 
 
-class SoftDiceMetric(_SetMetric):
+class SoftDiceMetric(SetMetric):
     """Dice_soft per image: Dice of the mean prediction vs the mean annotation over ``thresholds``."""
 
     def __init__(
@@ -201,7 +202,7 @@ class SoftDiceMetric(_SetMetric):
         return soft_dice(y_pred, y, rater_mask, thresholds=self.thresholds, compat=self.compat)[:, None]
 
 
-class DiceMaxMetric(_SetMetric):
+class DiceMaxMetric(SetMetric):
     """Dice_max per image: mean over raters of the best Dice reached by any output (D-Persona Fig. 3)."""
 
     def _compute_tensor(  # type: ignore[override]
@@ -212,7 +213,7 @@ class DiceMaxMetric(_SetMetric):
         return dice_max(y_pred, y, rater_mask, compat=self.compat)[:, None]
 
 
-class DiceMatchMetric(_SetMetric):
+class DiceMatchMetric(SetMetric):
     """Dice_match per image: mean Dice under the best one-to-one output-rater assignment (NaN if S < R)."""
 
     def _compute_tensor(  # type: ignore[override]
@@ -223,7 +224,7 @@ class DiceMatchMetric(_SetMetric):
         return dice_match(y_pred, y, rater_mask, compat=self.compat)[:, None]
 
 
-class DicePerRaterMetric(_SetMetric):
+class DicePerRaterMetric(SetMetric):
     """Dice_Ai: output i against rater i (S == R), or a single output against every rater (S == 1).
 
     Buffers (B, R) with NaN for missing raters. The default reduction ``"mean_batch"`` gives the
@@ -268,7 +269,7 @@ class DiceMeanMetric(DicePerRaterMetric):
         return value
 
 
-class SetMetricsTable(_SetMetric):
+class SetMetricsTable(SetMetric):
     """Every set metric at once, aggregated to the flat dict of the papers' tables.
 
     ``aggregate()`` returns ``{"ged", "d_pa", "d_pp", "d_aa", "dice_soft", "dice_max", "dice_match",

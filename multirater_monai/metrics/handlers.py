@@ -43,6 +43,7 @@ reinit__is_reduced, _ = optional_import(
 )
 
 __all__ = [
+    "SetMetricHandler",
     "from_engine_with_rater_mask",
     "format_metric_table",
     "GeneralizedEnergyDistance",
@@ -90,7 +91,7 @@ def _rater_mask_from_batch(batch: Any, mask_key: str = "rater_mask") -> Any:
     return None
 
 
-class _SetMetricHandler(IgniteMetricHandler):
+class SetMetricHandler(IgniteMetricHandler):
     """``IgniteMetricHandler`` whose ``update`` forwards ``rater_mask`` to the cumulative metric.
 
     ``output_transform`` defaults to ``from_engine_with_rater_mask()``: pred, label and rater_mask
@@ -119,7 +120,7 @@ class _SetMetricHandler(IgniteMetricHandler):
         self.metric_fn(y_pred, y, rater_mask=rater_mask)
 
 
-class GeneralizedEnergyDistance(_SetMetricHandler):
+class GeneralizedEnergyDistance(SetMetricHandler):
     """Mean generalized energy distance over images (lower is better); terms are kept in the metric's buffers.
 
     Args:
@@ -145,7 +146,7 @@ class GeneralizedEnergyDistance(_SetMetricHandler):
         )
 
 
-class SoftDice(_SetMetricHandler):
+class SoftDice(SetMetricHandler):
     """Mean Dice_soft over images. Args as :py:class:`GeneralizedEnergyDistance`, plus ``thresholds``."""
 
     def __init__(
@@ -163,7 +164,7 @@ class SoftDice(_SetMetricHandler):
         )
 
 
-class DiceMax(_SetMetricHandler):
+class DiceMax(SetMetricHandler):
     """Mean Dice_max over images. Args as :py:class:`GeneralizedEnergyDistance`."""
 
     def __init__(
@@ -180,7 +181,7 @@ class DiceMax(_SetMetricHandler):
         )
 
 
-class DiceMatch(_SetMetricHandler):
+class DiceMatch(SetMetricHandler):
     """Mean Dice_match over images (images with fewer outputs than raters are skipped as NaN)."""
 
     def __init__(
@@ -197,7 +198,7 @@ class DiceMatch(_SetMetricHandler):
         )
 
 
-class DiceMean(_SetMetricHandler):
+class DiceMean(SetMetricHandler):
     """Dice_mean of personalized outputs: the mean over raters of each rater's identity Dice (Dice_Ai).
 
     Needs one output per rater (S == R) or a single output (S == 1).

@@ -57,6 +57,7 @@ from scipy.optimize import linear_sum_assignment
 from multirater_monai.utils.errors import MultiRaterDataError
 
 __all__ = [
+    "prepare_sets",
     "COMPAT_MODES",
     "DEFAULT_THRESHOLDS",
     "generalized_energy_distance",
@@ -88,7 +89,7 @@ def _check_compat(compat: str, unbiased: bool = False) -> str:
     return compat
 
 
-def _prepare(
+def prepare_sets(
     pred: Any, label: Any, rater_mask: Any | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Validate the inputs; return pred (B,S,N) float, label (B,R,N) bool, rater_mask (B,R) bool."""
@@ -337,7 +338,7 @@ def generalized_energy_distance(
         (B,) float64 GED, or a dict with ``ged``, ``d_pa``, ``d_pp``, ``d_aa`` (each (B,)).
     """
     _check_compat(compat, unbiased)
-    pred, label, mask = _prepare(pred, label, rater_mask)
+    pred, label, mask = prepare_sets(pred, label, rater_mask)
     terms = _ged_terms(_gram(pred > 0.5, label), pred.shape[1], mask, compat, unbiased)
     return terms if return_terms else terms["ged"]
 
@@ -355,14 +356,14 @@ def soft_dice(
     ``mean(A)`` averages the present raters' masks. Computed in float64.
     """
     _check_compat(compat)
-    pred, label, mask = _prepare(pred, label, rater_mask)
+    pred, label, mask = prepare_sets(pred, label, rater_mask)
     return _soft_dice(pred, label, mask, thresholds, compat)
 
 
 def dice_matrix(pred: Any, label: Any, rater_mask: Any | None = None, compat: str = "default") -> torch.Tensor:
     """Dice matrix ``M[b, s, r] = Dice(P_s, A_r)``, (B, S, R); a missing rater's column is NaN."""
     _check_compat(compat)
-    pred, label, mask = _prepare(pred, label, rater_mask)
+    pred, label, mask = prepare_sets(pred, label, rater_mask)
     return _dice_matrix_from_gram(_gram(pred > 0.5, label), pred.shape[1], mask, compat)
 
 
@@ -400,7 +401,7 @@ def compute_set_metrics(
     ``unbiased`` applies to the GED terms as in :py:func:`generalized_energy_distance`.
     """
     _check_compat(compat, unbiased)
-    pred, label, mask = _prepare(pred, label, rater_mask)
+    pred, label, mask = prepare_sets(pred, label, rater_mask)
     n_samples, n_raters = pred.shape[1], label.shape[1]
     gram = _gram(pred > 0.5, label)
     out = _ged_terms(gram, n_samples, mask, compat, unbiased)

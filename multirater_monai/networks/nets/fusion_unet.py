@@ -7,7 +7,10 @@ receives the rater stack already fused to one channel per structure. The network
 whose output channels are the K structures' logits; the loss is MONAI's ``DiceCELoss`` with the Dice
 over the whole batch (``batch=True``: empty slices do not weigh like whole lesions).
 
-Inference ``forward(image) -> (B, K, *sp)``: one ``consensus`` output per structure.
+Inference ``forward(image) -> (B, K, *sp)``: one ``consensus`` output per structure. :meth:`split_outputs`
+also gives what the other methods' tables read: ``calibrated`` (the consensus probability itself) and
+``personalized`` (K * R: a rater-blind model gives every rater the same mask), so a U-Net is scored in
+the same 'Mean Voting' / 'Average' table as AVAP and MH-UNet.
 """
 
 from __future__ import annotations
@@ -50,6 +53,14 @@ class FusionUNet(MultiRaterMethod):
 
     def output_groups(self) -> dict[str, int]:
         return {"consensus": self.num_structures}
+
+    @torch.jit.unused
+    def split_outputs(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = super().split_outputs(logits)
+        consensus = out["consensus"]
+        out["calibrated"] = consensus
+        out["personalized"] = consensus.repeat_interleave(self.num_raters, dim=0)  # structure-major K * R
+        return out
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.backbone(image)
