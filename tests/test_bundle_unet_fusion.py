@@ -47,10 +47,10 @@ def evaluated(trained, synthetic_dir) -> dict[int, dict]:
     for rater, root in trained.items():
         out = _run_ok(["run", "--config_file", f"['{CONFIGS / 'train.json'}','{CONFIGS / 'evaluate.json'}']",
                        "--bundle_root", str(root), "--dataset_dir", str(synthetic_dir), *SYNTHETIC_OVERRIDES])
-        assert "| U-Net (rater) |" in out, "evaluate.json should print the metric table"
+        assert "| U-Net (majority) |" in out, "evaluate.json should print the metric table, one row"
         doc = json.loads((root / "eval" / "metrics.json").read_text())
         assert (root / "eval" / "metrics.csv").is_file()
-        tables[rater] = {"summary": doc["rows"][0], "per_image": doc["per_image"]["U-Net (rater)"]}
+        tables[rater] = {"summary": doc["rows"][0], "per_image": doc["per_image"]["U-Net (majority)"]}
     return tables
 
 
