@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from monai.losses import DiceCELoss
 
-from multirater_monai.data import agreement_label, make_synthetic_sample
+from multirater_monai.data import agreement_label
 from multirater_monai.utils.errors import MultiRaterDataError
 from multirater_monai.metrics import soft_dice
 from multirater_monai.networks import AVAP, BackboneConfig
+
+from .synthetic_batches import fit, synthetic_tensors
 
 TINY = dict(backbone=BackboneConfig(channels=(4, 8, 16), feature_channels=4), agreement_channels=4, preference_hidden=4)
 
@@ -125,22 +126,6 @@ def test_torchscript_export_roundtrip(mode, tmp_path):
         assert torch.allclose(torch.jit.load(tmp_path / "net.ts")(image), net(image), atol=1e-6)
 
 
-def _synthetic(n, seed, size=32):
-    samples = [make_synthetic_sample(np.random.default_rng([seed, i]), size=size, num_structures=2) for i in range(n)]
-    return tuple(torch.from_numpy(np.stack([s[k] for s in samples])) for k in ("image", "label", "rater_mask"))
-
-
-def _train(net, data, steps, batch=16):
-    optimizer = torch.optim.Adam(net.parameters_to_train(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        idx = torch.randint(0, data[0].shape[0], (batch,), generator=g)
-        loss = net.train().training_objective(data[0][idx], data[1][idx], data[2][idx])["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-
 def _dice(pred, label):
     inter = (pred * label).sum((-1, -2))
     return (2 * inter / (pred.sum((-1, -2)) + label.sum((-1, -2))).clamp(min=1e-8)).mean(0)
@@ -153,16 +138,16 @@ def test_two_steps_learn_the_agreement_and_each_raters_style():
     rater ~[0.72, 0.89, 0.62, 0.76]; APM per rater ~[0.85, 0.90, 0.90, 0.78].
     """
     torch.manual_seed(0)
-    train, test = _synthetic(64, 0), _synthetic(32, 1)
+    train, test = synthetic_tensors(64, 0, 32, num_structures=2), synthetic_tensors(32, 1, 32, num_structures=2)
     net = AVAP.build(num_raters=4, num_structures=2, backbone=BackboneConfig(channels=(8, 16, 32), feature_channels=8),
                      agreement_channels=8)
-    _train(net, train, 200)
+    fit(net, train, 200)
     with torch.no_grad():
         calibrated = net.calibrated_map(net.eval()(test[0])[:, :10])
     assert soft_dice(calibrated[:, :1], test[1][:, :4]).mean() > 0.75  # the lesion's agreement map
     consensus = _dice((calibrated[:, :1] > 0.5).float().expand(-1, 4, -1, -1), test[1][:, :4])
     net.start_stage(2)
-    _train(net, train, 150)
+    fit(net, train, 150)
     with torch.no_grad():
         personalized = net.eval()(test[0])[:, 10:]
     apm = _dice((personalized[:, :4] > 0).float(), test[1][:, :4])

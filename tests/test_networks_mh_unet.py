@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
-from multirater_monai.data import FuseRatersd, make_synthetic_sample
+from multirater_monai.data import FuseRatersd
 from multirater_monai.losses import PresentRaterDiceBCELoss
 from multirater_monai.networks import BackboneConfig, FusionUNet, MultiHeadUNet
 from multirater_monai.utils.errors import MultiRaterDataError
+
+from .synthetic_batches import dice_per_output, fit, synthetic_tensors
 
 SMALL = BackboneConfig(channels=(8, 16, 32), feature_channels=8)
 
@@ -44,28 +45,6 @@ def test_mh_unet_groups_and_calibrated_map_are_the_mean_of_the_heads():
         net.training_objective(torch.rand(1, 1, 32, 32), torch.zeros(1, 3, 32, 32))
 
 
-def _synthetic(n, seed, size=32):
-    samples = [make_synthetic_sample(np.random.default_rng([seed, i]), size=size) for i in range(n)]
-    return tuple(torch.from_numpy(np.stack([s[k] for s in samples])) for k in ("image", "label", "rater_mask"))
-
-
-def _fit(net, data, steps, target=None, batch=16):
-    optimizer = torch.optim.Adam(net.parameters_to_train(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        idx = torch.randint(0, data[0].shape[0], (batch,), generator=g)
-        label = data[1][idx] if target is None else target[idx]
-        loss = net.train().training_objective(data[0][idx], label, data[2][idx])["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-
-def _dice(pred, label):
-    inter = (pred * label).sum((-1, -2))
-    return (2 * inter / (pred.sum((-1, -2)) + label.sum((-1, -2))).clamp(min=1e-8)).mean(0)
-
-
 def test_mh_unet_learns_each_raters_style_better_than_the_majority_vote_unet():
     """Synthetic raters (conservative A1, smooth A2, liberal A3, noisy A4) at 32x32, 150 steps each: ~8 s on one core.
 
@@ -73,17 +52,17 @@ def test_mh_unet_learns_each_raters_style_better_than_the_majority_vote_unet():
     MH-UNet [0.82, 0.90, 0.91, 0.78].
     """
     torch.manual_seed(0)
-    train, test = _synthetic(64, 0), _synthetic(32, 1)
+    train, test = synthetic_tensors(64, 0, 32), synthetic_tensors(32, 1, 32)
     mh = MultiHeadUNet.build(num_raters=4, backbone=SMALL)
-    _fit(mh, train, 150)
+    fit(mh, train, 150)
     torch.manual_seed(0)
     majority = FusionUNet.build(num_raters=4, backbone=BackboneConfig(channels=(8, 16, 32)))
     fused = FuseRatersd(method="majority")
     votes = torch.stack([fused({"label": y, "rater_mask": m})["label"] for y, m in zip(train[1], train[2])])
-    _fit(majority, train, 150, target=votes)
+    fit(majority, train, 150, target=votes)
     with torch.no_grad():
-        per_rater = _dice((mh.eval()(test[0]) > 0).float(), test[1])
-        blind = _dice((majority.eval()(test[0]) > 0).float().expand(-1, 4, -1, -1), test[1])
+        per_rater = dice_per_output(mh.eval()(test[0]), test[1])
+        blind = dice_per_output(majority.eval()(test[0]).expand(-1, 4, -1, -1), test[1])
     # the raters furthest from the consensus (conservative A1, liberal A3) are where a head of one's own pays
     assert per_rater[0] > blind[0] + 0.05 and per_rater[2] > blind[2] + 0.1, (blind, per_rater)
     areas = (mh(test[0]) > 0).float().mean((0, 2, 3))
