@@ -18,7 +18,10 @@ table (markdown printed, CSV and JSON saved). Two suites:
   the mean over raters r of run r's soft Dice against rater r (its 'Mean Voting' would need the R
   networks' outputs on one image and is not reported).
 
-Budget: every method trains ``--epochs`` epochs; two-stage methods then train ``--stage2-epochs`` more.
+Budget: every method trains ``--epochs`` epochs; two-stage methods then train ``--stage2-epochs`` more
+(as the D-Persona paper adds Stage II after Stage I). With ``--equal-steps`` one-stage methods train
+``--epochs + --stage2-epochs``, so every row has the same number of optimiser steps (the AVAP paper's
+comparison of one model against per-rater models).
 
     python benchmarks/compare_methods.py --dataset lidc-phantom --epochs 20 --stage2-epochs 10 --out runs/cmp_lidc
     python benchmarks/compare_methods.py --suite avap --dataset qubiq --epochs 100 --stage2-epochs 50 --out runs/avap_qubiq
@@ -140,6 +143,8 @@ def main() -> None:
     parser.add_argument("--val-interval", type=int, default=2)
     parser.add_argument("--per-rater", action="store_true", help="dpersona suite: also train one U-Net per rater")
     parser.add_argument("--ablation", action="store_true", help="dpersona suite: also ProSeg without tau, Z, both")
+    parser.add_argument("--equal-steps", action="store_true",
+                        help="one-stage methods train --epochs + --stage2-epochs (same steps as two-stage ones)")
     parser.add_argument("--only", nargs="*", help="run only the methods whose label contains one of these words")
     parser.add_argument("--qubiq-root", default=str(REPO.parent / "shared" / "data" / "qubiq_brain_growth"))
     parser.add_argument("--out", required=True)
@@ -148,8 +153,6 @@ def main() -> None:
     out = Path(args.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     data, num_raters, _ = data_overrides(args.dataset, out, Path(args.qubiq_root))
-    budget = ["--epochs", str(args.epochs), "--stage2_epochs", str(args.stage2_epochs),
-              "--val_interval", str(args.val_interval)]
     evaluation = ["--validate#handlers", AVAP_TABLE] if args.suite == "avap" else []
     rows, timings = [], []
     for label, name, extra in methods(args.suite, num_raters, args.per_rater, args.ablation):
@@ -166,6 +169,9 @@ def main() -> None:
                 timings.append((label, float((root / "train_seconds.txt").read_text())))
             continue
         print(f"[compare] {label}: training ({name}) -> {root}", flush=True)
+        two_stage = "stage2" in json.loads((configs / "train.json").read_text())
+        epochs = args.epochs + (args.stage2_epochs if args.equal_steps and not two_stage else 0)
+        budget = ["--epochs", str(epochs), "--stage2_epochs", str(args.stage2_epochs), "--val_interval", str(args.val_interval)]
         common = ["--bundle_root", str(root), *data, *budget, *extra]
         try:
             seconds = bundle(["run", "training", "--config_file", str(configs / "train.json"), *common], log)
@@ -196,8 +202,10 @@ def main() -> None:
     lines += ["| " + " | ".join([row["method"]] + [fmt(row.get(c)) for c in header[1:]]) + " |" for row in rows]
     table = "\n".join(lines)
     command = "python " + " ".join(sys.argv)
-    note = (f"command: {command}\nsuite: {args.suite}; data: {args.dataset}; training epochs {args.epochs} "
-            f"(+ {args.stage2_epochs} for the second stage of two-stage methods); test split\n"
+    budget_text = (f"one-stage methods {args.epochs + args.stage2_epochs} epochs, two-stage {args.epochs} + "
+                   f"{args.stage2_epochs}" if args.equal_steps else
+                   f"{args.epochs} (+ {args.stage2_epochs} for the second stage of two-stage methods)")
+    note = (f"command: {command}\nsuite: {args.suite}; data: {args.dataset}; training epochs {budget_text}; test split\n"
             "training time (min): " + ", ".join(f"{label} {s / 60:.1f}" for label, s in timings))
     print("\n" + note + "\n\n" + table)
     (out / "compare.md").write_text(note + "\n\n" + table + "\n")
