@@ -44,6 +44,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from multirater_monai.metrics.evidence import (  # noqa: E402
+    claim_verdict,
+    mean_and_std,
+    paired_bootstrap_interval,
+    per_image_values,
+)
 COLUMNS = {"dpersona": ["ged", "d_pa", "d_pp", "d_aa", "dice_soft", "dice_max", "dice_match"],
            "avap": ["mean_voting", "average", "ged", "dice_soft", "dice_match", "dice_mean"]}
 # the AVAP suite scores every method with the calibrated + per-rater table (evaluation run only)
@@ -104,34 +112,109 @@ def bundle(args: list[str], log: Path) -> float:
 
 
 def evaluation_rows(root: Path, label: str) -> list[dict]:
-    """The rows of a bundle's evaluation table; an ablation's label replaces the method name."""
+    """The rows of a bundle's evaluation table, each with its per-image rows under ``"per_image"``;
+    an ablation's label replaces the method name."""
     doc = json.loads((root / "eval" / "metrics.json").read_text())
     rows = []
     for row in doc["rows"]:
         setting = row["setting"]
         suffix = setting[setting.find(" ("):] if " (" in setting and len(doc["rows"]) > 1 else ""
-        rows.append({**row, "method": setting if setting.startswith(label) else label + suffix})
+        method = setting if setting.startswith(label) else label + suffix
+        rows.append({**row, "method": method, "per_image": doc.get("per_image", {}).get(setting, [])})
     return rows
 
 
 def per_rater_row(rows: list[dict], num_raters: int, structures: list[str]) -> dict | None:
-    """The 'U-Net per rater' row of the AVAP suite from the R runs 'U-Net (Ak)': run k against rater k."""
+    """The 'U-Net per rater' row of the AVAP suite from the R runs 'U-Net (Ak)': run k against rater k,
+    for the summary and image by image."""
     by_label = {row["method"]: row for row in rows}
     runs = [by_label.get(f"U-Net (A{k + 1})") for k in range(num_raters)]
     if any(run is None for run in runs):
         return None
     row = {"method": "U-Net per rater (M1..MR)"}
+    per_image: dict[str, dict] = {}
     for prefix in structures:
+        key = f"{prefix}average"
         values = [run.get(f"{prefix}average_A{k + 1}") for k, run in enumerate(runs)]
-        row[f"{prefix}average"] = None if None in values else sum(values) / num_raters
+        row[key] = None if None in values else sum(values) / num_raters
         row[f"{prefix}mean_voting"] = None
+        for k, run in enumerate(runs):
+            for image_row in run["per_image"]:
+                value = image_row.get(f"{prefix}average_A{k + 1}")
+                if value is not None:
+                    entry = per_image.setdefault(image_row["image"], {"image": image_row["image"]})
+                    entry.setdefault(key, []).append(value)
+    row["per_image"] = [{k: (sum(v) / len(v) if isinstance(v, list) else v) for k, v in entry.items()}
+                        for entry in per_image.values()]
     return row
+
+
+# The papers' claims, checked by a paired bootstrap over the test images:
+# (claim, row that should be better, the other row, metric, larger is better)
+CLAIMS = {
+    "dpersona": [
+        ("D-Persona Stage I has a lower GED than the Prob. U-Net (D-Persona Table 1)",
+         "D-Persona (Stage I, 50 samples)", "Prob. U-Net (50 samples)", "ged", False),
+        ("D-Persona Stage I has a higher Dice_soft than the Prob. U-Net (D-Persona Table 1)",
+         "D-Persona (Stage I, 50 samples)", "Prob. U-Net (50 samples)", "dice_soft", True),
+        ("D-Persona Stage II's personalized outputs beat the majority-vote U-Net on Dice_mean (D-Persona Table 2)",
+         "D-Persona (Stage II)", "U-Net (majority vote)", "dice_mean", True),
+        ("ProSeg personalized has a lower GED than D-Persona Stage II (ProSeg Table 1)",
+         "ProSeg (personalized)", "D-Persona (Stage II)", "ged", False),
+        ("ProSeg personalized has a higher Dice_match than D-Persona Stage II (ProSeg Table 1)",
+         "ProSeg (personalized)", "D-Persona (Stage II)", "dice_match", True),
+        ("ProSeg's prior samples are more diverse than its personalized outputs (ProSeg Sec. 5)",
+         "ProSeg (prior, 50 samples)", "ProSeg (personalized)", "d_pp", True),
+    ],
+    "avap": [
+        ("AVAP's calibrated map beats the majority-vote U-Net on Mean Voting (AVAP Table II)",
+         "AVAP", "U-Net (majority vote)", "mean_voting", True),
+        ("AVAP's per-rater outputs beat one U-Net per rater on Average (AVAP Table II)",
+         "AVAP", "U-Net per rater (M1..MR)", "average", True),
+        ("AVAP's per-rater outputs beat MH-UNet on Average (AVAP Table II)", "AVAP", "MH-UNet", "average", True),
+        ("the controller needs the rater code: both inputs beat features only on Average (AVAP Table IV)",
+         "AVAP", "AVAP features only", "average", True),
+        ("the rater code alone beats features only on Average (AVAP Table IV)",
+         "AVAP code only", "AVAP features only", "average", True),
+    ],
+}
 
 
 def fmt(value) -> str:
     if value is None or (isinstance(value, float) and value != value):
         return "N/A"
     return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def fmt_mean_std(values: list, seeds: int) -> str:
+    mean, std = mean_and_std(values)
+    if mean != mean:
+        return "N/A"
+    return f"{mean:.4f}" if seeds == 1 else f"{mean:.4f} ± {std:.4f}"
+
+
+def claim_lines(suite: str, rows_by_seed: dict[int, list[dict]], structures: list[str]) -> list[str]:
+    """One markdown row per claim whose two rows were run: the mean difference, its interval, the verdict."""
+    lines = ["| claim | metric | mean difference | 95 % interval (paired bootstrap over images) | verdict |",
+             "|---|---|---|---|---|"]
+    for text, better, other, metric, larger in CLAIMS[suite]:
+        for prefix in structures:
+            key = f"{prefix}{metric}"
+            per_seed = {name: [[r for r in rows if r["method"] == name] for rows in rows_by_seed.values()]
+                        for name in (better, other)}
+            if any(not any(found for found in seeds) for seeds in per_seed.values()):
+                continue  # one of the rows was not run (--only)
+            values = {name: per_image_values([found[0]["per_image"] for found in seeds if found], key)
+                      for name, seeds in per_seed.items()}
+            images = sorted(set(values[better]) & set(values[other]))
+            if not images:
+                continue
+            mean, low, high = paired_bootstrap_interval([values[better][i] for i in images],
+                                                        [values[other][i] for i in images])
+            verdict = claim_verdict(low, high, larger)
+            lines.append(f"| {text}: {better} vs {other} | {key} | {mean:+.4f} | [{low:+.4f}, {high:+.4f}] "
+                         f"({len(images)} images) | {verdict} |")
+    return lines
 
 
 def main() -> None:
@@ -145,6 +228,8 @@ def main() -> None:
     parser.add_argument("--ablation", action="store_true", help="dpersona suite: also ProSeg without tau, Z, both")
     parser.add_argument("--equal-steps", action="store_true",
                         help="one-stage methods train --epochs + --stage2-epochs (same steps as two-stage ones)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="train and evaluate every row once per seed (at least 3 for evidence)")
     parser.add_argument("--only", nargs="*", help="run only the methods whose label contains one of these words")
     parser.add_argument("--qubiq-root", default=str(REPO.parent / "shared" / "data" / "qubiq_brain_growth"))
     parser.add_argument("--out", required=True)
@@ -154,66 +239,80 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     data, num_raters, _ = data_overrides(args.dataset, out, Path(args.qubiq_root))
     evaluation = ["--validate#handlers", AVAP_TABLE] if args.suite == "avap" else []
-    rows, timings = [], []
+    rows_by_seed: dict[int, list[dict]] = {seed: [] for seed in args.seeds}
+    timings = []
     for label, name, extra in methods(args.suite, num_raters, args.per_rater, args.ablation):
         if args.only and not any(word.lower() in label.lower() for word in args.only):
             continue
-        root = out / label.replace(" ", "_").replace("(", "").replace(")", "")
-        root.mkdir(exist_ok=True)
         configs = REPO / "bundles" / name / "configs"
-        log = root / "log.txt"
-        if (root / "eval" / "metrics.json").is_file():
-            print(f"[compare] {label}: evaluated before in {root}; reusing it", flush=True)
-            rows += evaluation_rows(root, label)
-            if (root / "train_seconds.txt").is_file():
-                timings.append((label, float((root / "train_seconds.txt").read_text())))
-            continue
-        print(f"[compare] {label}: training ({name}) -> {root}", flush=True)
         two_stage = "stage2" in json.loads((configs / "train.json").read_text())
         epochs = args.epochs + (args.stage2_epochs if args.equal_steps and not two_stage else 0)
         budget = ["--epochs", str(epochs), "--stage2_epochs", str(args.stage2_epochs), "--val_interval", str(args.val_interval)]
-        common = ["--bundle_root", str(root), *data, *budget, *extra]
-        try:
-            seconds = bundle(["run", "training", "--config_file", str(configs / "train.json"), *common], log)
-            bundle(["run", "--config_file", f"['{configs / 'train.json'}','{configs / 'evaluate.json'}']",
-                    *common, *evaluation], log)
-        except RuntimeError as err:
-            print(f"[compare] {label}: {err}", flush=True)
-            rows.append({"method": f"{label}: FAILED"})
-            continue
-        timings.append((label, seconds))
-        (root / "train_seconds.txt").write_text(f"{seconds:.1f}\n")
-        rows += evaluation_rows(root, label)
-        print(f"[compare] {label}: trained in {seconds / 60:.1f} min", flush=True)
+        for seed in args.seeds:
+            root = out / label.replace(" ", "_").replace("(", "").replace(")", "") / f"seed{seed}"
+            root.mkdir(parents=True, exist_ok=True)
+            log = root / "log.txt"
+            if (root / "eval" / "metrics.json").is_file():
+                print(f"[compare] {label}, seed {seed}: evaluated before in {root}; reusing it", flush=True)
+                rows_by_seed[seed] += evaluation_rows(root, label)
+                if (root / "train_seconds.txt").is_file():
+                    timings.append((label, float((root / "train_seconds.txt").read_text())))
+                continue
+            print(f"[compare] {label}, seed {seed}: training ({name}) -> {root}", flush=True)
+            common = ["--bundle_root", str(root), *data, *budget, "--seed", str(seed), *extra]
+            try:
+                seconds = bundle(["run", "training", "--config_file", str(configs / "train.json"), *common], log)
+                bundle(["run", "--config_file", f"['{configs / 'train.json'}','{configs / 'evaluate.json'}']",
+                        *common, *evaluation], log)
+            except RuntimeError as err:
+                print(f"[compare] {label}, seed {seed}: {err}", flush=True)
+                rows_by_seed[seed].append({"method": f"{label}: FAILED", "per_image": []})
+                continue
+            timings.append((label, seconds))
+            (root / "train_seconds.txt").write_text(f"{seconds:.1f}\n")
+            rows_by_seed[seed] += evaluation_rows(root, label)
+            print(f"[compare] {label}, seed {seed}: trained in {seconds / 60:.1f} min", flush=True)
 
+    first = next((row for rows in rows_by_seed.values() for row in rows if "setting" in row), {})
     if args.suite == "avap":
         # the table's keys are prefixed by the structure's name when there are several ("core_mean_voting")
-        first = next((row for row in rows if "setting" in row), {})
         structures = [key[: -len("mean_voting")] for key in first if key.endswith("mean_voting")] or [""]
-        extra_row = per_rater_row(rows, num_raters, structures)
-        if extra_row is not None:
-            rows.append(extra_row)
+        for seed, rows in rows_by_seed.items():
+            extra_row = per_rater_row(rows, num_raters, structures)
+            if extra_row is not None:
+                rows.append(extra_row)
         columns = [f"{s}{c}" for s in structures for c in COLUMNS["avap"]]
         columns += [f"{s}average_A{k + 1}" for s in structures for k in range(num_raters)]
     else:
+        structures = [""]
         columns = COLUMNS["dpersona"] + [f"dice_A{i + 1}" for i in range(num_raters)] + ["dice_mean"]
+    labels = list(dict.fromkeys(row["method"] for rows in rows_by_seed.values() for row in rows))
+    by_label = {label: [row for rows in rows_by_seed.values() for row in rows if row["method"] == label]
+                for label in labels}
     header = ["method", *columns]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    lines += ["| " + " | ".join([row["method"]] + [fmt(row.get(c)) for c in header[1:]]) + " |" for row in rows]
+    lines += ["| " + " | ".join([label] + [fmt_mean_std([row.get(c) for row in by_label[label]], len(args.seeds))
+                                          for c in header[1:]]) + " |" for label in labels]
     table = "\n".join(lines)
+    claims = "\n".join(claim_lines(args.suite, rows_by_seed, structures))
     command = "python " + " ".join(sys.argv)
     budget_text = (f"one-stage methods {args.epochs + args.stage2_epochs} epochs, two-stage {args.epochs} + "
                    f"{args.stage2_epochs}" if args.equal_steps else
                    f"{args.epochs} (+ {args.stage2_epochs} for the second stage of two-stage methods)")
-    note = (f"command: {command}\nsuite: {args.suite}; data: {args.dataset}; training epochs {budget_text}; test split\n"
+    note = (f"command: {command}\nsuite: {args.suite}; data: {args.dataset}; training epochs {budget_text}; "
+            f"seeds {args.seeds} (rows: mean ± std over seeds); test split\n"
             "training time (min): " + ", ".join(f"{label} {s / 60:.1f}" for label, s in timings))
-    print("\n" + note + "\n\n" + table)
-    (out / "compare.md").write_text(note + "\n\n" + table + "\n")
+    print("\n" + note + "\n\n" + table + "\n\n" + claims)
+    (out / "compare.md").write_text(note + "\n\n" + table + "\n\n" + claims + "\n")
     with open(out / "compare.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows([[row.get(c) for c in header] for row in rows])
-    (out / "compare.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2, default=str) + "\n")
+        writer.writerow(["seed", *header])
+        writer.writerows([[seed, row["method"], *(row.get(c) for c in header[1:])]
+                          for seed, rows in rows_by_seed.items() for row in rows])
+    summary = {str(seed): [{k: v for k, v in row.items() if k != "per_image"} for row in rows]
+               for seed, rows in rows_by_seed.items()}
+    (out / "compare.json").write_text(json.dumps({"command": command, "rows_by_seed": summary}, indent=2,
+                                                 default=str) + "\n")
 
 
 if __name__ == "__main__":

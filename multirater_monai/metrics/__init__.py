@@ -47,3 +47,4 @@ from .agreement_dice import (
     mean_voting_dice,
 )
 from .calibrated_personalized import CalibratedPersonalizedSaver
+from .evidence import claim_verdict, mean_and_std, paired_bootstrap_interval, per_image_values

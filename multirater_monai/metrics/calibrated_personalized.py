@@ -79,6 +79,7 @@ class CalibratedPersonalizedSaver:
         self.keys = (calibrated_key, personalized_key, label_key, rater_mask_key)
         self.print_table = print_table
         self._parts: list[tuple[MeanVotingDiceMetric, AverageRaterDiceMetric, SetMetricsTable]] = []
+        self._names: list[str] = []
 
     def attach(self, engine: Any) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
@@ -87,6 +88,7 @@ class CalibratedPersonalizedSaver:
 
     def _reset(self, engine: Any = None) -> None:
         self._parts = []
+        self._names = []
 
     def _new_parts(self, num_structures: int) -> None:
         if self.structure_names is not None and len(self.structure_names) != num_structures:
@@ -129,7 +131,12 @@ class CalibratedPersonalizedSaver:
         cal_key, per_key, lab_key, mask_key = self.keys
         first = output[0] if isinstance(output, list) and output else output
         masks = _items(output, mask_key) if isinstance(first, dict) and mask_key in first else None
-        self.update(_items(output, cal_key), _items(output, per_key), _items(output, lab_key), masks)
+        calibrated = _items(output, cal_key)
+        self.update(calibrated, _items(output, per_key), _items(output, lab_key), masks)
+        # each row names its image (the source file), so tables of several methods pair up image by image
+        for item in calibrated:
+            meta = getattr(item, "meta", {}) or {}
+            self._names.append(str(meta.get("filename_or_obj", len(self._names))))
 
     def _rater_names(self) -> list[str]:
         return list(self.rater_names) if self.rater_names is not None else [f"A{i + 1}" for i in range(self.num_raters)]
@@ -163,7 +170,7 @@ class CalibratedPersonalizedSaver:
             per_rater = torch.nanmean(buffer, dim=1).tolist()
             for i, row in enumerate(table.per_image()):
                 if k == 0:
-                    rows.append({})
+                    rows.append({"image": self._names[i]} if i < len(self._names) else {})
                 rows[i].update({f"{prefix}mean_voting": voting[i], f"{prefix}average": per_rater[i]})
                 rows[i].update({f"{prefix}average_{n}": float(v) for n, v in zip(self._rater_names(), buffer[i])})
                 rows[i].update({f"{prefix}{key}": value for key, value in row.items()})
