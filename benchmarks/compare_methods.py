@@ -27,6 +27,12 @@ comparison of one model against per-rater models).
     python benchmarks/compare_methods.py --suite avap --dataset qubiq --epochs 100 --stage2-epochs 50 --out runs/avap_qubiq
     python benchmarks/compare_methods.py --suite avap --dataset synthetic2 --epochs 20 --stage2-epochs 10 --out runs/avap_syn2
 
+Evidence (``--seeds 0 1 2``): every row is trained and evaluated once per seed (bundle roots
+``--out/<method>/seed<k>``) and reported as mean ± std over the seeds; below the table, each of the
+papers' claims (:data:`CLAIMS`) gets the paired bootstrap 95 % interval over the test images of
+the difference between its two rows and a verdict (holds / fails / inconclusive), see
+``multirater_monai.metrics.evidence``.
+
 A method whose run fails is reported with its error and the others go on. A method whose bundle
 root under ``--out`` already holds an evaluation (``eval/metrics.json``) is not run again, so an
 interrupted comparison resumes where it stopped (delete a method's folder to redo it).

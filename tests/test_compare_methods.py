@@ -1,0 +1,46 @@
+"""benchmarks/compare_methods.py: the per-rater row and the claim table from hand-made evaluation rows."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from .conftest import REPO_ROOT
+
+
+def _compare():
+    spec = importlib.util.spec_from_file_location("compare_methods", REPO_ROOT / "benchmarks" / "compare_methods.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(label, averages_by_image):
+    """One single-rater U-Net run: per image its soft Dice against raters A1, A2."""
+    per_image = [{"image": image, "average_A1": a1, "average_A2": a2} for image, (a1, a2) in averages_by_image.items()]
+    mean = [sum(v[k] for v in averages_by_image.values()) / len(averages_by_image) for k in (0, 1)]
+    return {"method": label, "average_A1": mean[0], "average_A2": mean[1], "per_image": per_image}
+
+
+def test_per_rater_row_scores_run_k_against_rater_k_image_by_image():
+    compare = _compare()
+    rows = [_run("U-Net (A1)", {"x": (0.8, 0.1), "y": (0.6, 0.1)}), _run("U-Net (A2)", {"x": (0.1, 0.4), "y": (0.1, 0.2)})]
+    row = compare.per_rater_row(rows, num_raters=2, structures=[""])
+    # summary: (mean of A1-run on A1 = 0.7) and (A2-run on A2 = 0.3) -> 0.5; per image: x (0.8 + 0.4) / 2, y (0.6 + 0.2) / 2
+    assert abs(row["average"] - 0.5) < 1e-12 and row["mean_voting"] is None
+    assert {r["image"]: round(r["average"], 10) for r in row["per_image"]} == {"x": 0.6, "y": 0.4}
+    assert compare.per_rater_row(rows[:1], num_raters=2, structures=[""]) is None  # a rater's run is missing
+
+
+def test_claim_table_pairs_images_over_seeds_and_gives_the_verdict():
+    compare = _compare()
+
+    def row(method, values):
+        return {"method": method, "mean_voting": sum(values) / len(values),
+                "per_image": [{"image": f"i{k}", "mean_voting": v} for k, v in enumerate(values)]}
+
+    # AVAP is better by 0.05 on every image in both seeds: the interval is the point 0.05 -> holds
+    rows_by_seed = {0: [row("AVAP", [0.85, 0.75, 0.65]), row("U-Net (majority vote)", [0.80, 0.70, 0.60])],
+                    1: [row("AVAP", [0.86, 0.76, 0.66]), row("U-Net (majority vote)", [0.81, 0.71, 0.61])]}
+    lines = compare.claim_lines("avap", rows_by_seed, [""])
+    assert len(lines) == 3  # header, rule, the one claim whose two rows exist
+    assert "| mean_voting | +0.0500 | [+0.0500, +0.0500] (3 images) | holds |" in lines[2]
