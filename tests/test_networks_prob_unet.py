@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -30,11 +32,25 @@ def test_training_objective_terms_and_gradients():
     assert set(terms) == {"loss", "seg", "kl", "l2"}
     expected = terms["seg"] + 1.0 * terms["kl"] + 1e-3 * terms["l2"]
     assert torch.allclose(terms["loss"], expected)
-    assert 0 <= float(terms["seg"]) <= 1 and float(terms["kl"]) >= 0 and float(terms["l2"]) > 0
+    assert float(terms["kl"]) >= 0 and float(terms["l2"]) > 0
+    # Kohl et al.'s reconstruction term: BCE summed over the 32 x 32 pixels, so at initialisation (logits
+    # near 0, BCE near ln 2 per pixel) about 1024 ln 2 = 710 nats per image, far above a Dice's 1
+    assert 600 < float(terms["seg"]) < 800
     terms["loss"].backward()
     for name in ("backbone", "prior", "posterior", "head"):
         grads = [p.grad for p in getattr(net, name).parameters()]
         assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0, name
+
+
+def test_reconstruction_term_is_the_pixel_sum_of_the_cross_entropy():
+    from multirater_monai.networks.nets.prob_unet import pixel_sum_bce
+
+    logits = torch.zeros(2, 1, 2, 2)  # p = 0.5 everywhere: ln 2 per pixel, 4 pixels per image
+    target = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]], [[[1.0, 1.0], [1.0, 1.0]]]])
+    assert float(pixel_sum_bce(logits, target)) == pytest.approx(4 * math.log(2))
+    logits[1] = 10.0  # the second image now right with p = 1 / (1 + e^-10): ln(1 + e^-10) per pixel
+    expected = (4 * math.log(2) + 4 * math.log1p(math.exp(-10.0))) / 2
+    assert float(pixel_sum_bce(logits, target)) == pytest.approx(expected)
 
 
 def test_random_rater_only_picks_present_raters():
@@ -49,14 +65,37 @@ def test_random_rater_only_picks_present_raters():
     assert values == {2.0, 4.0}  # both present raters are drawn, never a missing one
 
 
-def test_missing_rater_is_zeroed_in_the_posterior_input():
+def test_posterior_sees_exactly_the_mask_it_reconstructs():
+    """Kohl et al.: q(z | X, Y) is conditioned on the segmentation Y its sample must reconstruct. (Before,
+    the posterior saw the whole rater stack while the loss scored one random rater: it could not tell
+    which rater to explain, and its samples collapsed onto each other.)"""
     net = _net()
+    assert net.posterior.in_channels == 1 + 1  # the image and one mask, whatever the number of raters
+    image, label = _batch()
+    label[:, 1] = 1.0  # a missing rater's channel holds garbage: it must never be seen or reconstructed
+    seen, targets = [], []
+    net.posterior.encoder.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach().clone()))
+    loss = net._losses["seg"]
+    net._losses["seg"] = lambda logits, target: targets.append(target.clone()) or loss(logits, target)
+    for _ in range(5):
+        net.training_objective(image, label, torch.tensor([[True, False, True], [True, False, True]]))
+    for posterior_input, target in zip(seen, targets):
+        assert torch.equal(posterior_input[:, 1:], target)  # the same mask, image by image
+        for b in range(2):
+            assert any(torch.equal(target[b, 0], label[b, r]) for r in (0, 2))  # a present rater's
+
+
+def test_dpersona_keeps_the_rater_stack_posterior_with_missing_raters_zeroed():
+    from multirater_monai.networks import DPersona
+
+    torch.manual_seed(0)
+    net = DPersona.build(num_raters=3, num_bound_samples=2, **TINY)
     image, label = _batch()
     seen = []
     net.posterior.encoder.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach().clone()))
     label[:, 1] = 1.0  # garbage in a channel whose rater is missing
     net.training_objective(image, label, torch.tensor([[True, False, True], [True, False, True]]))
-    assert (seen[0][:, 1 + 1] == 0).all()  # channel 0 is the image, channel 2 the missing rater
+    assert seen[0].shape[1] == 1 + 3 and (seen[0][:, 1 + 1] == 0).all()  # D-Persona eq. 1: X and A_set
 
 
 def test_bad_batches_raise_one_clear_error():

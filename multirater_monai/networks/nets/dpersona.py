@@ -83,6 +83,7 @@ class DPersona(ProbabilisticUNet):
 
     __jit_unused_properties__ = ProbabilisticUNet.__jit_unused_properties__ + ["bank_size"]
     output_modes = OUTPUT_MODES
+    posterior_sees_rater_stack = True  # eq. 1: q(z | X, A_set)
     stage_modules = (("backbone", "prior", "posterior", "head"), ("rater_heads",))
 
     def __init__(
@@ -153,6 +154,11 @@ class DPersona(ProbabilisticUNet):
         )
         return cls(**parts, rater_heads=rater_heads, latent_dim=latent_dim, **kwargs)
 
+    @staticmethod
+    def default_seg_loss() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """Eq. 4: the Dice loss (per sample, averaged), as the paper states after Pionono [36]."""
+        return DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
+
     # ------------------------------------------------------------------ stage control
     @property
     def bank_size(self) -> int:
@@ -213,7 +219,8 @@ class DPersona(ProbabilisticUNet):
         label, rater_mask = check_multirater_batch(image, label, rater_mask, self.num_raters)
         if self.stage == 2:
             return self._stage2_objective(image, label, rater_mask)
-        post_logits, prior_logits, kl = self._latent_terms(image, label, rater_mask, self.num_bound_samples)
+        present = rater_mask.view(rater_mask.shape + (1,) * (label.dim() - 2)).to(label.dtype)
+        post_logits, prior_logits, kl = self._latent_terms(image, label * present, self.num_bound_samples)
         seg = self._losses["seg"](post_logits, random_present_rater(label, rater_mask))
         if prior_logits is not None:
             bound_inter, bound_union = self._losses["bound"].terms(prior_logits, label, rater_mask)
