@@ -58,6 +58,7 @@ Ablations (the paper's Table 2): ``use_tau=False`` feeds zeros for tau and drops
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -91,6 +92,12 @@ class ProSeg(MultiRaterMethod):
         hidden: channels of the decoders and the predictor.
         num_samples: S of the ``"samples"`` and ``"prior"`` modes.
         recon_weight, class_weight, seg_weight, kl_z_weight, kl_tau_weight: loss weights (all 1 in eq. 9).
+        initial_z_sigma: sigma of q(z | x) at initialisation (the bias of the log-sigma head; None: PyTorch's
+            default, sigma about 1). The paper does not state it. At sigma 1 the image's signal in z (mean
+            |mu| about 0.2) is buried under unit noise from the first step, the KL of Z keeps it there, and on
+            QUBIQ brain growth the predictor never left the all-background answer in 200 steps (every mask
+            empty); starting narrow lets the predictor learn from the image first, after which the KL widens
+            q(z | x) back to sigma about 1 within about 80 steps (bundles/proseg/docs/comparison.md, ablation).
         kl_z_warmup_steps: the weight of KL(q(Z|x) || N(0, I)) rises linearly from 0 to ``kl_z_weight``
             over this many training steps (0: the full weight from the start, as eq. 9). At full weight
             from step 0, z carries little of the image (its KL is paid per pixel) and the predictor
@@ -122,6 +129,7 @@ class ProSeg(MultiRaterMethod):
         kl_z_weight: float = 1.0,
         kl_tau_weight: float = 1.0,
         kl_z_warmup_steps: int = 0,
+        initial_z_sigma: float | None = 0.05,
         use_tau: bool = True,
         use_z: bool = True,
         output_mode: str = "personalized",
@@ -134,6 +142,11 @@ class ProSeg(MultiRaterMethod):
         self.backbone = backbone
         # q(z | x): a 1x1 head on the features -> (mu, log_sigma) of the latent map
         self.z_head = conv(feature_channels, 2 * z_channels, kernel_size=1)
+        if initial_z_sigma is not None:
+            if not initial_z_sigma > 0:
+                raise ValueError(f"initial_z_sigma must be positive (or None), got {initial_z_sigma}.")
+            with torch.no_grad():
+                self.z_head.bias[z_channels:].fill_(math.log(float(initial_z_sigma)))
         # p(x | z_i)
         self.image_decoder = nn.Sequential(
             conv(z_channels, hidden, kernel_size=3, padding=1), nn.ReLU(inplace=True),

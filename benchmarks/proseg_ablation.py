@@ -1,0 +1,172 @@
+"""ProSeg on QUBIQ brain growth: which difference from the paper decides whether it learns.
+
+Trains ProSeg variants for ``--steps`` Adam steps (batch 16, the bundle's CPU network and learning
+rate, flips and 90-degree rotations; 200 steps = the 100 epochs of the comparison tables) on the
+training split of the comparison tables (cases split 0.6 / 0.1 / 0.3, seed 0) and prints, per variant,
+the personalized Dice_mean on the VALIDATION split (never the test split) with two decodings of z:
+the mean of q(z | x) (the bundle's personalized output) and the mean probability over 16 draws of z
+(eq. 10's marginal), with the final spread of q(z | x) and the classifier's loss. Variants:
+
+* ``paper-init``: PyTorch's default initialisation of the log-sigma head (sigma about 1 at the start);
+* ``narrow-z``: q(z | x) starts at sigma 0.05 (the bundle's default, ``initial_z_sigma``);
+* ``narrow-z+tau10``: also q(tau | r) starts concentrated (alpha about 10 per entry, candidate (c));
+* ``narrow-z+class-unscaled``: the rater CE with weight 1 instead of 1/P (candidate (d));
+* ``narrow-z+kl-sum``: the KL of Z summed over z's channels instead of averaged (candidate (e));
+* ``narrow-z+z16``: z of 16 channels instead of 4;
+* ``narrow-z+tau10+lr3e-3``: learning rate 3e-3 (the U-Net bundles') instead of 1e-3;
+* ``rater-blind``: no tau and no Z (``use_tau=False, use_z=False``): the same network as a plain
+  BCE segmenter, every rater's mask a target.
+
+    python benchmarks/proseg_ablation.py [--variants paper-init narrow-z ...] [--steps 200] [--seed 0]
+
+One variant takes 6-12 min on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = {
+    "paper-init": dict(initial_z_sigma=None),
+    "narrow-z": dict(),
+    "narrow-z+tau10": dict(tau_init=10.0),
+    "narrow-z+class-unscaled": dict(class_unscaled=True),
+    "narrow-z+kl-sum": dict(kl_sum_channels=True),
+    "narrow-z+z16": dict(tau_init=10.0, z_channels=16),
+    "narrow-z+tau10+lr3e-3": dict(tau_init=10.0, lr=3e-3),
+    "rater-blind": dict(use_tau=False, use_z=False),
+}
+
+
+def variant_class():
+    from torch.nn import functional as F  # noqa: F401
+
+    from multirater_monai.networks import ProSeg
+
+    class ProSegVariant(ProSeg):
+        """ProSeg with the ablation switches of this script (none changes the bundle's network)."""
+
+        def __init__(self, *args, tau_init=None, class_unscaled=False, kl_sum_channels=False, **kwargs):
+            super().__init__(*args, **kwargs)
+            if tau_init is not None:  # alpha ~ tau_init * U(0.5, 1.5) per entry: distinct, concentrated
+                with torch.no_grad():
+                    g = torch.Generator().manual_seed(0)
+                    target = tau_init * (0.5 + torch.rand(self.tau_embedding.weight.shape, generator=g))
+                    self.tau_embedding.weight.copy_(torch.log(torch.expm1(target)))
+            self.class_unscaled, self.kl_sum_channels = class_unscaled, kl_sum_channels
+            self.z_draws = 0
+
+        def training_objective(self, image, label, rater_mask=None):
+            out = super().training_objective(image, label, rater_mask)
+            if self.kl_sum_channels:  # the loss holds the channel mean once: add C - 1 more
+                out["loss"] = out["loss"] + (self.z_channels - 1) * out["kl_z"]
+            if self.class_unscaled:  # the loss holds CE / P: make it CE
+                out["loss"] = out["loss"] + (1 - 1 / float(label[0, 0].numel())) * out["classification"]
+            return out
+
+        def forward(self, image):
+            if self.output_mode != "personalized" or not self.z_draws:
+                return super().forward(image)
+            mu, log_sigma = self._z_params(self.backbone(image))
+            alpha = self.tau_concentration()
+            tau = (alpha / alpha.sum(-1, keepdim=True)).unsqueeze(0).expand(mu.shape[0], -1, -1)
+            probs = 0
+            for _ in range(self.z_draws):  # eq. 10: the mean probability over draws of z
+                noise = torch.randn(mu.shape[0], self.num_raters, *mu.shape[1:])
+                probs = probs + torch.sigmoid(self._predict(mu.unsqueeze(1) + torch.exp(log_sigma).unsqueeze(1) * noise, tau))
+            return torch.logit((probs / self.z_draws).clamp(1e-6, 1 - 1e-6))
+
+    return ProSegVariant
+
+
+def run_variant(name: str, steps: int, seed: int, data_dir: Path, qubiq_root: Path, log_every: int = 50) -> dict:
+    from monai.data import CacheDataset, DataLoader
+    from monai.transforms import Compose, RandFlipd, RandRotate90d
+    from monai.utils import set_determinism
+
+    import multirater_monai as mm
+    from multirater_monai.metrics.set_metrics import dice_matrix, dice_per_rater_from_matrix
+    from multirater_monai.networks import BackboneConfig
+
+    settings = dict(VARIANTS[name])
+    lr = settings.pop("lr", 1e-3)
+    set_determinism(seed)
+    datalist = mm.data.ensure_dataset("qubiq", data_dir, root=str(qubiq_root), split=[0.6, 0.1, 0.3], seed=0)
+    pre = mm.transforms.MultiRaterPreprocessing(spatial_dims=2, num_raters=7, intensity_range=[0, 255], spatial_divisor=16)
+    augment = Compose([pre, RandFlipd(["image", "label"], prob=0.5, spatial_axis=0),
+                       RandFlipd(["image", "label"], prob=0.5, spatial_axis=1),
+                       RandRotate90d(["image", "label"], prob=0.5, max_k=3)])
+    train = mm.data.load_multirater_datalist(datalist, "training", num_raters=7)
+    val = mm.data.load_multirater_datalist(datalist, "validation", num_raters=7)
+    loader = DataLoader(CacheDataset(train, augment, progress=False), batch_size=16, shuffle=True)
+    net = variant_class().build(num_raters=7, backbone=BackboneConfig(encoder="small", feature_channels=16, channels=[16, 32, 64, 128]),
+                                **{"tau_dim": 8, "z_channels": 4, "hidden": 16, "num_samples": 16, **settings})
+    optimizer = torch.optim.Adam(net.parameters_to_train(), lr=lr)
+    step, start, history = 0, time.time(), []
+    while step < steps:
+        for batch in loader:
+            terms = net.train().training_objective(batch["image"], batch["label"], batch.get("rater_mask"))
+            optimizer.zero_grad()
+            terms["loss"].backward()
+            optimizer.step()
+            step += 1
+            history.append({k: float(v) for k, v in terms.items()})
+            if step % log_every == 0 or step == steps:
+                mean = {k: np.mean([h[k] for h in history[-log_every:]]) for k in history[-1]}
+                print(f"  [{name}] step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in mean.items())
+                      + f" ({time.time() - start:.0f} s)", flush=True)
+            if step >= steps:
+                break
+    result = {"variant": name, "seed": seed, "steps": steps, "minutes": (time.time() - start) / 60}
+    net.eval()
+    with torch.no_grad():
+        for draws in (0, 16):
+            net.z_draws = draws
+            torch.manual_seed(0)
+            dice = []
+            for item in DataLoader(CacheDataset(val, pre, progress=False), batch_size=8):
+                pred = (net(item["image"]) > 0).float()
+                dice.append(dice_per_rater_from_matrix(dice_matrix(pred, item["label"], item.get("rater_mask"))))
+            result[f"val_dice_mean_z{'mean' if draws == 0 else draws}"] = float(torch.cat(dice).mean())
+        item = next(iter(DataLoader(CacheDataset(val, pre, progress=False), batch_size=4)))
+        mu, log_sigma = net._z_params(net.backbone(item["image"]))
+        result["final_mean_abs_mu"] = float(mu.abs().mean())
+        result["final_sigma"] = float(log_sigma.exp().mean())
+    result["final_classification"] = float(np.mean([h["classification"] for h in history[-log_every:]]))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--qubiq-root", default=str(REPO.parent / "shared" / "data" / "qubiq_brain_growth"))
+    parser.add_argument("--data-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "multirater_monai", "qubiq-ablation"))
+    args = parser.parse_args()
+    if not Path(args.qubiq_root).is_dir():
+        raise SystemExit(f"QUBIQ brain growth not found at {args.qubiq_root}; pass --qubiq-root.")
+    torch.set_num_threads(args.threads)
+    print(f"# ProSeg ablation on QUBIQ (validation split), {args.steps} steps, seed {args.seed}; "
+          f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
+    rows = [run_variant(v, args.steps, args.seed, Path(args.data_dir), Path(args.qubiq_root)) for v in args.variants]
+    print("\n| variant | val Dice_mean (z = mean) | val Dice_mean (16 z draws) | sigma of q(z\\|x) | mean \\|mu\\| | rater CE (ln 7 = 1.95) | min |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['val_dice_mean_zmean']:.4f} | {r['val_dice_mean_z16']:.4f} | {r['final_sigma']:.2f} | "
+              f"{r['final_mean_abs_mu']:.2f} | {r['final_classification']:.3f} | {r['minutes']:.1f} |")
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
