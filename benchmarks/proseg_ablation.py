@@ -48,8 +48,6 @@ VARIANTS = {
 
 
 def variant_class():
-    from torch.nn import functional as F  # noqa: F401
-
     from multirater_monai.networks import ProSeg
 
     class ProSegVariant(ProSeg):
@@ -108,6 +106,7 @@ def run_variant(name: str, steps: int, seed: int, data_dir: Path, qubiq_root: Pa
     train = mm.data.load_multirater_datalist(datalist, "training", num_raters=7)
     val = mm.data.load_multirater_datalist(datalist, "validation", num_raters=7)
     loader = DataLoader(CacheDataset(train, augment, progress=False), batch_size=16, shuffle=True)
+    val_data = CacheDataset(val, pre, progress=False)
     net = variant_class().build(num_raters=7, backbone=BackboneConfig(encoder="small", feature_channels=16, channels=[16, 32, 64, 128]),
                                 **{"tau_dim": 8, "z_channels": 4, "hidden": 16, "num_samples": 16, **settings})
     optimizer = torch.optim.Adam(net.parameters_to_train(), lr=lr)
@@ -133,11 +132,11 @@ def run_variant(name: str, steps: int, seed: int, data_dir: Path, qubiq_root: Pa
             net.z_draws = draws
             torch.manual_seed(0)
             dice = []
-            for item in DataLoader(CacheDataset(val, pre, progress=False), batch_size=8):
+            for item in DataLoader(val_data, batch_size=8):
                 pred = (net(item["image"]) > 0).float()
                 dice.append(dice_per_rater_from_matrix(dice_matrix(pred, item["label"], item.get("rater_mask"))))
             result[f"val_dice_mean_z{'mean' if draws == 0 else draws}"] = float(torch.cat(dice).mean())
-        item = next(iter(DataLoader(CacheDataset(val, pre, progress=False), batch_size=4)))
+        item = next(iter(DataLoader(val_data, batch_size=4)))
         mu, log_sigma = net._z_params(net.backbone(item["image"]))
         result["final_mean_abs_mu"] = float(mu.abs().mean())
         result["final_sigma"] = float(log_sigma.exp().mean())

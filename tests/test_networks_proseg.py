@@ -86,11 +86,14 @@ def test_q_z_starts_narrow_unless_told_otherwise():
     """The posterior of Z starts at sigma ~0.05 (``initial_z_sigma``); PyTorch's default head gives ~1,
     with which ProSeg returned empty masks on QUBIQ brain growth (see ``ProSeg``'s docstring)."""
     image = torch.randn(2, 1, 16, 16)
-    with torch.no_grad():
-        _, log_sigma = _net()._z_params(_net().backbone(image))
-        assert float(torch.exp(log_sigma).median()) == pytest.approx(0.05, rel=0.5)
-        _, log_sigma = _net(initial_z_sigma=None)._z_params(_net().backbone(image))
-        assert float(torch.exp(log_sigma).median()) > 0.5
+
+    def median_sigma(net: ProSeg) -> float:
+        with torch.no_grad():
+            _, log_sigma = net._z_params(net.backbone(image))
+        return float(torch.exp(log_sigma).median())
+
+    assert median_sigma(_net()) == pytest.approx(0.05, rel=0.5)
+    assert median_sigma(_net(initial_z_sigma=None)) > 0.5
     with pytest.raises(ValueError, match="initial_z_sigma must be positive"):
         _net(initial_z_sigma=0.0)
 
