@@ -11,8 +11,12 @@ Each configuration runs in its own subprocess so that the peak resident set size
 (``resource.getrusage``) belongs to it alone. A step = ELBO objective (4 raters, one z draw each,
 image decoder, classifier) + backward + Adam step on random images and rater stacks; the time is
 the median of ``--repeats`` steps after one warm-up step. Inference on one image: the 4
-personalized outputs, 50 prior-mode samples (backbone once, one batched predictor call), and the
-bundle's inference output (4 personalized + 16 prior samples).
+personalized outputs, 50 prior-mode samples (backbone once; the predictor in chunks of a few maps,
+channels-last, as ``ProSeg.forward`` runs it), the same 50 samples in one batched predictor call
+(ProSeg 0.2.0's inference path, for comparison), and the bundle's inference output (4 personalized
++ 16 prior samples). In the same process and run, D-Persona (Stage I, latent 6, the same backbone)
+draws its 50 samples (backbone once, one batched head call): the last column is the ratio of the two
+50-sample times (issue 11's goal: at most 4).
 
     python benchmarks/bench_proseg.py [--repeats 5] [--threads 2] [--configs paper small128 cpu]
 """
@@ -38,7 +42,7 @@ WORKLOAD = {"paper": (128, 12), "small128": (128, 12), "cpu": (64, 16)}  # (imag
 def worker(config: str, repeats: int, threads: int) -> dict:
     import torch
 
-    from multirater_monai.networks import ProSeg, BackboneConfig
+    from multirater_monai.networks import BackboneConfig, DPersona, ProSeg
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -68,6 +72,17 @@ def worker(config: str, repeats: int, threads: int) -> dict:
             net.set_output_mode(mode)
             net.set_sampling(num_samples=samples)
             result[key] = 1e3 * _median_time(lambda: net(one), repeats)
+        net.set_output_mode("prior")
+        net.set_sampling(num_samples=50)
+        net._predict_inference = net._predict  # one batched predictor call, as in 0.2.0
+        result["prior50_batched_ms"] = 1e3 * _median_time(lambda: net(one), repeats)
+        del net._predict_inference
+        torch.manual_seed(0)
+        dpersona = DPersona.build(num_raters=4, latent_dim=6, num_bound_samples=10, bank_size=100,
+                                  backbone=BackboneConfig(encoder=CONFIGS[config]["encoder"])).eval()
+        dpersona.set_sampling(num_samples=50)
+        result["dpersona50_ms"] = 1e3 * _median_time(lambda: dpersona(one), repeats)
+        result["prior50_again_ms"] = 1e3 * _median_time(lambda: net(one), repeats)  # the same load as D-Persona's
     return result
 
 
@@ -90,15 +105,18 @@ def main() -> None:
     print(f"workload: 4 raters, tau 8; image side and batch per config {WORKLOAD}; inference on one image of "
           f"that side; median of {args.repeats}\n")
     print("| config | params (M) | train step (s) | peak RSS (MB) | 4 personalized (ms) | 50 prior samples (ms) "
-          "| bundle output, 4 + 16 (ms) |")
-    print("|---" * 7 + "|")
+          "| 50 prior samples, one batched call (ms) | bundle output, 4 + 16 (ms) | D-Persona 50 samples (ms) "
+          "| ProSeg / D-Persona, 50 samples |")
+    print("|---" * 10 + "|")
     for config in args.configs:
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", config,
                "--repeats", str(args.repeats), "--threads", str(args.threads)]
         res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        prior50 = min(res["prior50_ms"], res["prior50_again_ms"])  # the better of two medians, before and after D-Persona
         print(f"| {config} | {res['params_M']:.2f} | {res['step_s']:.3f} | {res['peak_rss_MB']:.0f} "
-              f"(start {res['rss_start_MB']:.0f}) | {res['personalized4_ms']:.1f} | {res['prior50_ms']:.1f} | "
-              f"{res['bundle_output_ms']:.1f} |", flush=True)
+              f"(start {res['rss_start_MB']:.0f}) | {res['personalized4_ms']:.1f} | {prior50:.1f} | "
+              f"{res['prior50_batched_ms']:.1f} | {res['bundle_output_ms']:.1f} | {res['dpersona50_ms']:.1f} | "
+              f"{prior50 / res['dpersona50_ms']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
