@@ -52,6 +52,26 @@ VARIANTS = {
 }
 
 
+# the bundle's CPU network (bundles/proseg/configs/train.json) for the 7 QUBIQ raters
+CPU_NETWORK = dict(num_raters=7, tau_dim=8, z_channels=4, hidden=16)
+
+
+def cpu_backbone():
+    from multirater_monai.networks import BackboneConfig
+
+    return BackboneConfig(encoder="small", feature_channels=16, channels=[16, 32, 64, 128])
+
+
+def qubiq_split(data_dir: Path, qubiq_root: Path):
+    """(training list, validation list, preprocessing) of the comparison tables' split (0.6 / 0.1 / 0.3, seed 0)."""
+    import multirater_monai as mm
+
+    datalist = mm.data.ensure_dataset("qubiq", data_dir, root=str(qubiq_root), split=[0.6, 0.1, 0.3], seed=0)
+    pre = mm.transforms.MultiRaterPreprocessing(spatial_dims=2, num_raters=7, intensity_range=[0, 255], spatial_divisor=16)
+    return (mm.data.load_multirater_datalist(datalist, "training", num_raters=7),
+            mm.data.load_multirater_datalist(datalist, "validation", num_raters=7), pre)
+
+
 def variant_class():
     from multirater_monai.networks import ProSeg
 
@@ -96,24 +116,18 @@ def run_variant(name: str, steps: int, seed: int, data_dir: Path, qubiq_root: Pa
     from monai.transforms import Compose, RandFlipd, RandRotate90d
     from monai.utils import set_determinism
 
-    import multirater_monai as mm
     from multirater_monai.metrics.set_metrics import dice_matrix, dice_per_rater_from_matrix, soft_dice
-    from multirater_monai.networks import BackboneConfig
 
     settings = dict(VARIANTS[name])
     lr = settings.pop("lr", 1e-3)
     set_determinism(seed)
-    datalist = mm.data.ensure_dataset("qubiq", data_dir, root=str(qubiq_root), split=[0.6, 0.1, 0.3], seed=0)
-    pre = mm.transforms.MultiRaterPreprocessing(spatial_dims=2, num_raters=7, intensity_range=[0, 255], spatial_divisor=16)
+    train, val, pre = qubiq_split(data_dir, qubiq_root)
     augment = Compose([pre, RandFlipd(["image", "label"], prob=0.5, spatial_axis=0),
                        RandFlipd(["image", "label"], prob=0.5, spatial_axis=1),
                        RandRotate90d(["image", "label"], prob=0.5, max_k=3)])
-    train = mm.data.load_multirater_datalist(datalist, "training", num_raters=7)
-    val = mm.data.load_multirater_datalist(datalist, "validation", num_raters=7)
     loader = DataLoader(CacheDataset(train, augment, progress=False), batch_size=16, shuffle=True)
     val_data = CacheDataset(val, pre, progress=False)
-    net = variant_class().build(num_raters=7, backbone=BackboneConfig(encoder="small", feature_channels=16, channels=[16, 32, 64, 128]),
-                                **{"tau_dim": 8, "z_channels": 4, "hidden": 16, "num_samples": 16, **settings})
+    net = variant_class().build(backbone=cpu_backbone(), **{**CPU_NETWORK, "num_samples": 16, **settings})
     optimizer = torch.optim.Adam(net.parameters_to_train(), lr=lr)
     step, start, history = 0, time.time(), []
     while step < steps:

@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 import torch
+from proseg_ablation import CPU_NETWORK, cpu_backbone, qubiq_split
 
 REPO = Path(__file__).resolve().parents[1]
 THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -31,10 +32,9 @@ def report(root: Path, val_data) -> None:
     from monai.data import DataLoader
 
     from multirater_monai.metrics.set_metrics import compute_set_metrics, soft_dice
-    from multirater_monai.networks import BackboneConfig, ProSeg
+    from multirater_monai.networks import ProSeg
 
-    net = ProSeg.build(num_raters=7, backbone=BackboneConfig(encoder="small", feature_channels=16, channels=[16, 32, 64, 128]),
-                       tau_dim=8, z_channels=4, hidden=16, num_samples=50)
+    net = ProSeg.build(backbone=cpu_backbone(), **CPU_NETWORK, num_samples=50)
     net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
     net.eval()
     batch = next(iter(DataLoader(val_data, batch_size=len(val_data))))
@@ -80,11 +80,8 @@ def main() -> None:
         raise SystemExit(f"no trained model at {', '.join(missing)}: train ProSeg there first (compare_methods.py --dataset qubiq).")
     from monai.data import CacheDataset
 
-    import multirater_monai as mm
-
-    datalist = mm.data.ensure_dataset("qubiq", Path(args.data_dir), root=args.qubiq_root, split=[0.6, 0.1, 0.3], seed=0)
-    pre = mm.transforms.MultiRaterPreprocessing(spatial_dims=2, num_raters=7, intensity_range=[0, 255], spatial_divisor=16)
-    val_data = CacheDataset(mm.data.load_multirater_datalist(datalist, "validation", num_raters=7), pre, progress=False)
+    _, val, pre = qubiq_split(Path(args.data_dir), Path(args.qubiq_root))
+    val_data = CacheDataset(val, pre, progress=False)
     print(f"# ProSeg calibration on the QUBIQ validation split ({len(val_data)} cases)")
     for root in args.bundle_roots:
         report(root, val_data)

@@ -251,10 +251,10 @@ class ProSeg(MultiRaterMethod):
         ``inference_chunk_voxels`` voxels in the channels-last layout.
 
         Every sample runs the full-resolution predictor, so 50 samples cost 50 predictor passes; in one
-        batched call their hidden maps (50 x hidden x H x W) do not fit any cache and the convolutions
-        run at memory speed. Chunks of a few maps in channels-last (oneDNN's native layout on CPU) ran
-        the 50 prior samples of the paper network 3x faster on 2 CPU cores (benchmarks/bench_proseg.py);
-        the arithmetic and the samples are the same, the logits agree to float rounding."""
+        batched call their hidden maps (50 x hidden x H x W, 210 MB for the paper network) fit no cache.
+        Chunks of a few maps in channels-last (oneDNN's native layout on CPU) ran the 50 prior samples of
+        the paper network 2.4x faster on 2 CPU cores (1211 -> 502 ms, benchmarks/bench_proseg.py); the
+        arithmetic and the samples are the same, the logits agree to float rounding."""
         x = self._predictor_input(z, tau)
         memory_format = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
         voxels = 1
