@@ -106,6 +106,13 @@ def methods(suite: str, num_raters: int, per_rater: bool, ablation: bool) -> lis
     return runs
 
 
+def selected(label: str, only: list[str] | None) -> bool:
+    """Whether ``--only`` keeps a row: a word matches labels that contain it (any case), ``=label`` that label only."""
+    if not only:
+        return True
+    return any(word[1:] == label if word.startswith("=") else word.lower() in label.lower() for word in only)
+
+
 def bundle(args: list[str], log: Path) -> float:
     """Run ``python -m monai.bundle *args`` with its output in ``log``; returns seconds, raises on failure."""
     start = time.perf_counter()
@@ -171,6 +178,10 @@ CLAIMS = {
          "ProSeg (personalized)", "D-Persona (Stage II)", "dice_match", True),
         ("ProSeg's prior samples are more diverse than its personalized outputs (ProSeg Sec. 5)",
          "ProSeg (prior, 50 samples)", "ProSeg (personalized)", "d_pp", True),
+        ("ProSeg needs its latents: with tau and Z its samples have a lower GED than without both (ProSeg Table 2)",
+         "ProSeg (prior, 50 samples)", "ProSeg without tau and Z (prior, 50 samples)", "ged", False),
+        ("ProSeg needs its latents: with tau and Z its personalized Dice_mean is higher than without both",
+         "ProSeg (personalized)", "ProSeg without tau and Z (personalized)", "dice_mean", True),
     ],
     "avap": [
         ("AVAP's calibrated map beats the majority-vote U-Net on Mean Voting (AVAP Table II)",
@@ -236,7 +247,8 @@ def main() -> None:
                         help="one-stage methods train --epochs + --stage2-epochs (same steps as two-stage ones)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="train and evaluate every row once per seed (at least 3 for evidence)")
-    parser.add_argument("--only", nargs="*", help="run only the methods whose label contains one of these words")
+    parser.add_argument("--only", nargs="*", help="run only the methods whose label contains one of these words "
+                        "('=label': exactly that label, e.g. '=ProSeg' without its ablations)")
     parser.add_argument("--qubiq-root", default=str(REPO.parent / "shared" / "data" / "qubiq_brain_growth"))
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -248,7 +260,7 @@ def main() -> None:
     rows_by_seed: dict[int, list[dict]] = {seed: [] for seed in args.seeds}
     timings = []
     for label, name, extra in methods(args.suite, num_raters, args.per_rater, args.ablation):
-        if args.only and not any(word.lower() in label.lower() for word in args.only):
+        if not selected(label, args.only):
             continue
         configs = REPO / "bundles" / name / "configs"
         two_stage = "stage2" in json.loads((configs / "train.json").read_text())

@@ -17,6 +17,16 @@ the mean of q(z | x) (the bundle's personalized output) and the mean probability
 * ``narrow-z+z1``: z of one channel, the paper's "Z 128 x 128" read literally (the KL per pixel is then
   the paper's, as with the bundle's mean over 4 channels, but z carries one value per pixel);
 * ``narrow-z+hidden32``: the predictor and the image decoder with 32 channels instead of 16;
+* ``narrow-z+tau-lr``: the class embedding of q(tau | r) trained at learning rate 0.05 (the rest 1e-3):
+  Adam moves a parameter by about its learning rate per step, so in 200 steps at 1e-3 the concentrations
+  of q(tau | r) move by about 0.1 and tau stays at its random initialisation;
+* ``narrow-z+dilated``: the predictor's two 3x3 convolutions dilated 1 and 3 (receptive field 9 x 9
+  instead of 5 x 5 on z, the same multiply-adds): more noisy z values per output pixel to average;
+* ``narrow-z+kl-warmup``: the weight of the KL of Z rises linearly from 0 to 1 over the first 100 steps
+  (``kl_z_warmup_steps``), so q(z | x) stays narrow while the predictor learns to read z;
+* ``narrow-z+tau-distinct``: q(tau | r) starts at Dir(1, ..., 10, ..., 1) with the 10 at entry r: each
+  rater's draws of tau lie near their own corner of the simplex, so the classifier and the predictor can
+  tell the raters apart from the first step (candidate (c) with distinct, not random, concentrations);
 * ``rater-blind``: no tau and no Z (``use_tau=False, use_z=False``): the same network as a plain
   BCE segmenter, every rater's mask a target.
 
@@ -48,6 +58,10 @@ VARIANTS = {
     "narrow-z+tau10+lr3e-3": dict(tau_init=10.0, lr=3e-3),
     "narrow-z+z1": dict(z_channels=1),
     "narrow-z+hidden32": dict(hidden=32),
+    "narrow-z+tau-lr": dict(tau_lr=0.05),
+    "narrow-z+dilated": dict(predictor_dilation=(1, 3)),
+    "narrow-z+kl-warmup": dict(kl_z_warmup_steps=100),
+    "narrow-z+tau-distinct": dict(tau_distinct=10.0),
     "rater-blind": dict(use_tau=False, use_z=False),
 }
 
@@ -78,8 +92,18 @@ def variant_class():
     class ProSegVariant(ProSeg):
         """ProSeg with the ablation switches of this script (none changes the bundle's network)."""
 
-        def __init__(self, *args, tau_init=None, class_unscaled=False, kl_sum_channels=False, **kwargs):
+        def __init__(self, *args, tau_init=None, class_unscaled=False, kl_sum_channels=False,
+                     predictor_dilation=None, tau_distinct=None, **kwargs):
             super().__init__(*args, **kwargs)
+            if tau_distinct is not None:  # alpha_r = 1 + (tau_distinct - 1) e_r: rater r near corner r
+                with torch.no_grad():
+                    target = torch.ones(self.tau_embedding.weight.shape)
+                    for r in range(self.num_raters):
+                        target[r, r % self.tau_dim] = tau_distinct
+                    self.tau_embedding.weight.copy_(torch.log(torch.expm1(target - 1e-3)))
+            if predictor_dilation is not None:  # the two 3x3 convolutions of the predictor
+                for conv, d in zip((self.predictor[0], self.predictor[2]), predictor_dilation):
+                    conv.dilation, conv.padding = (d, d), (d, d)  # 2D (QUBIQ)
             if tau_init is not None:  # alpha ~ tau_init * U(0.5, 1.5) per entry: distinct, concentrated
                 with torch.no_grad():
                     g = torch.Generator().manual_seed(0)
@@ -116,10 +140,23 @@ def run_variant(name: str, steps: int, seed: int, data_dir: Path, qubiq_root: Pa
     from monai.transforms import Compose, RandFlipd, RandRotate90d
     from monai.utils import set_determinism
 
-    from multirater_monai.metrics.set_metrics import dice_matrix, dice_per_rater_from_matrix, soft_dice
+    from multirater_monai.metrics.set_metrics import (dice_matrix, dice_per_rater_from_matrix,
+                                                      generalized_energy_distance, soft_dice)
+
+    def val_dice_mean() -> float:
+        """Personalized Dice_mean (z = mean of q(z | x)) on the validation split."""
+        was_training, net.z_draws = net.training, 0
+        dice = []
+        with torch.no_grad():
+            for item in DataLoader(val_data, batch_size=8):
+                pred = (net.eval()(item["image"]) > 0).float()
+                dice.append(dice_per_rater_from_matrix(dice_matrix(pred, item["label"], item.get("rater_mask"))))
+        net.train(was_training)
+        return float(torch.cat(dice).mean())
 
     settings = dict(VARIANTS[name])
     lr = settings.pop("lr", 1e-3)
+    tau_lr = settings.pop("tau_lr", None)
     set_determinism(seed)
     train, val, pre = qubiq_split(data_dir, qubiq_root)
     augment = Compose([pre, RandFlipd(["image", "label"], prob=0.5, spatial_axis=0),
@@ -128,8 +165,13 @@ def run_variant(name: str, steps: int, seed: int, data_dir: Path, qubiq_root: Pa
     loader = DataLoader(CacheDataset(train, augment, progress=False), batch_size=16, shuffle=True)
     val_data = CacheDataset(val, pre, progress=False)
     net = variant_class().build(backbone=cpu_backbone(), **{**CPU_NETWORK, "num_samples": 16, **settings})
-    optimizer = torch.optim.Adam(net.parameters_to_train(), lr=lr)
-    step, start, history = 0, time.time(), []
+    if tau_lr is None:
+        optimizer = torch.optim.Adam(net.parameters_to_train(), lr=lr)
+    else:
+        tau_params = list(net.tau_embedding.parameters())
+        rest = [p for p in net.parameters_to_train() if all(p is not q for q in tau_params)]
+        optimizer = torch.optim.Adam([{"params": rest}, {"params": tau_params, "lr": tau_lr}], lr=lr)
+    step, start, history, curve = 0, time.time(), [], {}
     while step < steps:
         for batch in loader:
             terms = net.train().training_objective(batch["image"], batch["label"], batch.get("rater_mask"))
@@ -140,11 +182,13 @@ def run_variant(name: str, steps: int, seed: int, data_dir: Path, qubiq_root: Pa
             history.append({k: float(v) for k, v in terms.items()})
             if step % log_every == 0 or step == steps:
                 mean = {k: np.mean([h[k] for h in history[-log_every:]]) for k in history[-1]}
+                curve[step] = val_dice_mean()  # when the masks leave the all-background answer
                 print(f"  [{name}] step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in mean.items())
-                      + f" ({time.time() - start:.0f} s)", flush=True)
+                      + f" val Dice_mean {curve[step]:.3f} ({time.time() - start:.0f} s)", flush=True)
             if step >= steps:
                 break
-    result = {"variant": name, "seed": seed, "steps": steps, "minutes": (time.time() - start) / 60}
+    result = {"variant": name, "seed": seed, "steps": steps, "minutes": (time.time() - start) / 60,
+              "val_dice_mean_by_step": curve}
     net.eval()
     with torch.no_grad():
         for draws in (0, 16):
@@ -165,6 +209,10 @@ def run_variant(name: str, steps: int, seed: int, data_dir: Path, qubiq_root: Pa
             consensus = item["label"].min(1).values > 0.5
             inside.append(prob.mean(1)[consensus])
         result["val_dice_soft"] = float(torch.cat(soft).mean())
+        # how much the R personalized masks differ (the raters' own d_aa is 0.233 on this split)
+        d_pp = [generalized_energy_distance(net(item["image"]).sigmoid(), item["label"], item.get("rater_mask"),
+                                            return_terms=True)["d_pp"] for item in DataLoader(val_data, batch_size=8)]
+        result["val_d_pp_personalized"] = float(torch.cat(d_pp).mean())
         result["val_prob_in_consensus"] = float(torch.cat(inside).mean())
         item = next(iter(DataLoader(val_data, batch_size=4)))
         mu, log_sigma = net._z_params(net.backbone(item["image"]))
@@ -193,11 +241,11 @@ def main() -> None:
         rows.append(run_variant(variant, args.steps, args.seed, Path(args.data_dir), Path(args.qubiq_root)))
         print(json.dumps(rows[-1]), flush=True)  # each variant's result as soon as it is known
     print("\n| variant | val Dice_mean (z = mean) | val Dice_mean (16 z draws) | val Dice_soft | probability where all "
-          "raters mark foreground | sigma of q(z\\|x) | mean \\|mu\\| | rater CE (ln 7 = 1.95) | min |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "raters mark foreground | d_pp of the personalized masks | sigma of q(z\\|x) | mean \\|mu\\| | rater CE (ln 7 = 1.95) | min |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['val_dice_mean_zmean']:.4f} | {r['val_dice_mean_z16']:.4f} | {r['val_dice_soft']:.4f} | "
-              f"{r['val_prob_in_consensus']:.3f} | {r['final_sigma']:.2f} | {r['final_mean_abs_mu']:.2f} | "
+              f"{r['val_prob_in_consensus']:.3f} | {r['val_d_pp_personalized']:.3f} | {r['final_sigma']:.2f} | {r['final_mean_abs_mu']:.2f} | "
               f"{r['final_classification']:.3f} | {r['minutes']:.1f} |")
 
 

@@ -44,3 +44,13 @@ def test_claim_table_pairs_images_over_seeds_and_gives_the_verdict():
     lines = compare.claim_lines("avap", rows_by_seed, [""])
     assert len(lines) == 3  # header, rule, the one claim whose two rows exist
     assert "| mean_voting | +0.0500 | [+0.0500, +0.0500] (3 images) | holds |" in lines[2]
+
+
+def test_only_selects_by_word_or_by_exact_label():
+    compare = _compare()
+    labels = [label for label, _, _ in compare.methods("dpersona", 2, per_rater=True, ablation=True)]
+    keep = [label for label in labels if compare.selected(label, ["U-Net (", "=ProSeg"])]
+    assert keep == ["U-Net (majority vote)", "U-Net (random rater)", "U-Net (STAPLE)", "U-Net (A1)", "U-Net (A2)", "ProSeg"]
+    assert [label for label in labels if compare.selected(label, ["proseg"])] == [
+        "ProSeg", "ProSeg without tau", "ProSeg without Z", "ProSeg without tau and Z"]
+    assert compare.selected("Prob. U-Net", None)

@@ -25,14 +25,27 @@ def _batch(b=2, size=32):
     return torch.randn(b, 1, size, size), (torch.rand(b, 3, size, size) > 0.5).float()
 
 
-def test_stage1_objective_is_the_weighted_sum():
+def test_stage1_objective_terms_match_independent_computations():
+    """Each Stage I term against a computation that does not use training_objective: the KL from the
+    two encoders' distributions, the L2 term from the trained parameters; then the weights, one each."""
+    from torch.distributions import kl_divergence
+
     net = _net(alpha=1.0, beta=0.5, beta_kl=2.0, l2_weight=1e-4)
     image, label = _batch()
-    terms = net.training_objective(image, label, torch.tensor([[True, True, False], [True, True, True]]))
+    rater_mask = torch.tensor([[True, True, False], [True, True, True]])
+    terms = net.training_objective(image, label, rater_mask)
     assert set(terms) == {"loss", "kl", "seg", "bound", "bound_inter", "bound_union", "l2"}
-    assert torch.allclose(terms["bound"], terms["bound_inter"] + terms["bound_union"])
-    expected = 2.0 * terms["kl"] + terms["seg"] + 0.5 * terms["bound"] + 1e-4 * terms["l2"]
-    assert torch.allclose(terms["loss"], expected)
+    # the posterior sees the stack with absent raters zeroed; the prior sees the image only
+    with torch.no_grad():
+        present = rater_mask[:, :, None, None].float()
+        kl = kl_divergence(net.posterior(torch.cat([image, label * present], dim=1)), net.prior(image)).mean()
+        l2 = sum(float(p.pow(2).sum()) for p in net.parameters_to_train())
+    assert float(terms["kl"]) == pytest.approx(float(kl), rel=1e-5) and float(kl) > 0
+    assert float(terms["l2"]) == pytest.approx(l2, rel=1e-5) and l2 > 0
+    assert float(terms["bound"]) == pytest.approx(float(terms["bound_inter"] + terms["bound_union"]), rel=1e-6)
+    # the weights: alpha on seg, beta on the bound, beta_kl on KL, l2_weight on L2 (all distinct)
+    expected = 2.0 * float(kl) + float(terms["seg"]) + 0.5 * float(terms["bound"]) + 1e-4 * l2
+    assert float(terms["loss"]) == pytest.approx(expected, rel=1e-5)
     terms["loss"].backward()
     assert all(p.grad is not None for p in net.prior.parameters())  # the bound loss trains the prior
     assert all(p.grad is None for p in net.rater_heads.parameters())
