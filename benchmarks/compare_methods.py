@@ -44,6 +44,7 @@ import argparse
 import csv
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -249,6 +250,9 @@ def main() -> None:
                         help="train and evaluate every row once per seed (at least 3 for evidence)")
     parser.add_argument("--only", nargs="*", help="run only the methods whose label contains one of these words "
                         "('=label': exactly that label, e.g. '=ProSeg' without its ablations)")
+    parser.add_argument("--bundle-args", default="",
+                        help="extra overrides for every row trained in this call, one string, e.g. "
+                        "\"--learning_rate 0.003\" (use another --out: reused rows keep their own settings)")
     parser.add_argument("--qubiq-root", default=str(REPO.parent / "shared" / "data" / "qubiq_brain_growth"))
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -277,7 +281,8 @@ def main() -> None:
                     timings.append((label, float((root / "train_seconds.txt").read_text())))
                 continue
             print(f"[compare] {label}, seed {seed}: training ({name}) -> {root}", flush=True)
-            common = ["--bundle_root", str(root), *data, *budget, "--seed", str(seed), *extra]
+            common = ["--bundle_root", str(root), *data, *budget, "--seed", str(seed), *extra,
+                      *shlex.split(args.bundle_args)]
             try:
                 seconds = bundle(["run", "training", "--config_file", str(configs / "train.json"), *common], log)
                 bundle(["run", "--config_file", f"['{configs / 'train.json'}','{configs / 'evaluate.json'}']",
