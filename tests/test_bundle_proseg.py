@@ -2,9 +2,11 @@
 
 Known answers: one ``run training`` keeps the best checkpoint by validation Dice_mean and logs every
 ELBO term; evaluate.json gives the paper's rows (personalized; personalized with 50 z samples; prior
-mode with 50 samples) where only the personalized row has per-rater Dice, the sampled rows differ
-from sample to sample (d_pp > 0) and prior mode is more diverse than the personalized outputs; the personalized masks follow the synthetic raters' styles (the
-liberal rater's mask is larger than the conservative rater's); inference writes R personalized
+mode with 50 samples) where only the personalized row has per-rater Dice; against the synthetic
+raters' own spread d_aa, the personalized masks differ as the raters do (d_pp > 0.4 d_aa), the
+samples spread at least as much (d_pp > 0.8 d_aa) and prior mode is more diverse than the
+personalized outputs; the personalized masks follow the synthetic raters' styles (the liberal
+rater's mask is larger than the conservative rater's); inference writes R personalized
 masks, S prior samples, the agreement map and an overlay per image; the TorchScript export
 reproduces the checkpoint's outputs; early stopping ends a run whose validation score stalls.
 """
@@ -71,8 +73,13 @@ def test_evaluate_reports_personalized_and_prior_rows(evaluated):
     for row in evaluated:
         for key in ("ged", "d_pa", "d_pp", "d_aa", "dice_soft", "dice_max", "dice_match"):
             assert 0.0 <= row[key] <= 2.0, (row["setting"], key, row[key])
-    assert samples["d_pp"] > 0.0 and prior["d_pp"] > 0.0  # the samples differ from each other
-    assert prior["d_pp"] > personalized["d_pp"]  # the paper's claim: prior mode is the more diverse
+    # against the synthetic raters' own spread d_aa (0.38): the personalized masks differ as the raters'
+    # styles do (measured d_pp 0.26; rater-blind outputs give 0), the prior samples spread at least as
+    # the raters do (measured 0.52; collapsed samples give about 0), and more than the personalized
+    # outputs (the paper's claim: prior mode is the more diverse)
+    assert personalized["d_pp"] > 0.4 * personalized["d_aa"], personalized
+    assert prior["d_pp"] > 0.8 * prior["d_aa"] and samples["d_pp"] > 0.8 * samples["d_aa"], (prior, samples)
+    assert prior["d_pp"] > personalized["d_pp"]
     assert samples["ged"] < personalized["ged"]  # 50 samples cover the raters better than R means do
     assert prior["dice_A1"] is None and prior["dice_mean"] is None  # no rater identity for samples
     assert all(personalized[f"dice_A{i}"] is not None for i in range(1, 5))
