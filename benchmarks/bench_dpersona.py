@@ -1,24 +1,30 @@
-"""Benchmark: D-Persona training steps (Stage I, Stage II) and inference sampling.
+"""Benchmark: D-Persona training steps (Stage I, Stage II) part by part, and inference sampling.
 
 Configurations (docs/DESIGN.md section 6):
 
 * ``paper``: ResNet34-encoder U-Net (FlexibleUNet, 16 feature channels), 128x128, batch 12,
-  4 raters, latent 6, K = 10 bound samples, M = 100 bank codes;
-* ``small128``: ``DPersona.build`` defaults (``encoder="small"``: MONAI UNet (16, 32, 64, 128)), same sizes;
-* ``cpu``: the bundle's CPU default: the small network on the quick data's 64x64 crops, batch 16.
+  4 raters, latent 6, K = 10 bound samples, M = 100 bank codes (the encoders 16-32-64-128-256);
+* ``cpu``: the bundle's CPU default: the small U-Net on the quick data's 64x64 crops, batch 16.
 
-Each (configuration, stage) runs in its own subprocess so that the peak resident set size
-(``resource.getrusage``; tracemalloc does not see torch's C++ allocations) belongs to that work
-alone; the RSS after building the network and one batch is printed too. A step = training
-objective + backward + Adam step on random images and rater stacks; the time is the median of
-``--repeats`` steps after one warm-up step. Inference for one 128x128 image: 50 prior samples in
-one batched head call (backbone once) vs 50 full forward passes with one sample each, and the 4
-personalized outputs of Stage II.
+Each (configuration, task) runs in its own subprocess so that the peak resident set size
+(``resource.getrusage``; tracemalloc does not see torch's C++ allocations) belongs to that work alone.
+A step = training objective + backward + Adam step on random images and rater stacks, timed after
+``--warmup`` steps; min / median / max of ``--repeats`` steps. The parts are then timed one by one on
+the same batch (each forward + backward where it trains, median of the repeats), so their sum can be
+compared with the step:
 
-    python benchmarks/bench_dpersona.py [--repeats 5] [--threads 2] [--configs paper cpu]
+* Stage I: backbone, prior, posterior, head (1 posterior + K prior codes in one call), loss
+  (random-rater Dice + bound loss on the head's logits), L2, optimizer step;
+* Stage II: backbone and prior (forward only: frozen), projection heads + attention over the bank,
+  head (backward to its input codes only), loss, optimizer step.
 
-Targets (2-core CPU): Stage I step <= 2.0 s and <= 2 GB, Stage II step <= 0.5 s, 50 samples
-<= 100 ms, 4 personalized outputs <= 60 ms.
+The yardstick is the backbone's own forward + backward on the same batch: it costs the same in any
+implementation with that backbone, so ``step / backbone`` can be compared across CPU models (issue 18:
+the published code's Stage I step is 2.5x its backbone, Stage II 3.6x; goals here: Stage I <= 1.9x,
+Stage II <= 0.72x). Inference for one image: the backbone, 50 prior samples in one batched head call,
+and the 4 personalized outputs.
+
+    python benchmarks/bench_dpersona.py [--repeats 5] [--warmup 3] [--threads 2] [--configs paper cpu]
 """
 
 from __future__ import annotations
@@ -35,38 +41,115 @@ import time
 
 CONFIGS = {
     "paper": dict(encoder="resnet34", num_raters=4, latent_dim=6, num_bound_samples=10, bank_size=100),
-    "small128": dict(encoder="small", num_raters=4, latent_dim=6, num_bound_samples=10, bank_size=100),
     "cpu": dict(encoder="small", num_raters=4, latent_dim=6, num_bound_samples=10, bank_size=100),
 }
 # (image side, batch) per configuration
-WORKLOAD = {"paper": (128, 12), "small128": (128, 12), "cpu": (64, 16)}
+WORKLOAD = {"paper": (128, 12), "cpu": (64, 16)}
+STAGE1_PARTS = ("backbone", "prior", "posterior", "head", "loss", "l2", "optimizer")
+STAGE2_PARTS = ("backbone", "prior", "projection", "head", "loss", "optimizer")
+GOALS = {"stage1": 1.9, "stage2": 0.72}  # step / backbone forward + backward (issue 18)
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB -> MiB
 
 
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
+def _times(fn, repeats: int, warmup: int = 1) -> list[float]:
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
 
 
-def worker(config: str, task: str, repeats: int, threads: int) -> dict:
+def _median(fn, repeats: int, warmup: int = 1) -> float:
+    return statistics.median(_times(fn, repeats, warmup))
+
+
+def _stage1_parts(net, image, label, mask, optimizer, repeats):
+    """Each Stage I part alone, forward + backward, on the step's inputs."""
     import torch
 
-    from multirater_monai.networks import DPersona, BackboneConfig
+    from multirater_monai.networks.rater_batch import random_present_rater
+
+    k = net.num_bound_samples
+    with torch.no_grad():
+        features = net.backbone(image)
+        codes = torch.randn(image.shape[0], 1 + k, net.latent_dim)
+        logits = net.head(features, codes)
+
+    def backbone():
+        net.backbone(image).sum().backward()
+
+    def prior():
+        torch.cat(net.prior.encode(image), 1).sum().backward()
+
+    def posterior():
+        torch.cat(net.posterior.encode(torch.cat([image, label], 1)), 1).sum().backward()
+
+    def head():
+        net.head(features.detach().requires_grad_(), codes.clone().requires_grad_()).sum().backward()
+
+    def loss():
+        x = logits.detach().requires_grad_()
+        seg = net._losses["seg"](x[:, :1], random_present_rater(label, mask))
+        (seg + net.beta * net._losses["bound"](x[:, 1:], label, mask)).backward()
+
+    def l2():
+        net.l2_penalty().backward()
+
+    fns = {"backbone": backbone, "prior": prior, "posterior": posterior, "head": head, "loss": loss, "l2": l2,
+           "optimizer": optimizer.step}
+    return {part: _median(fns[part], repeats) for part in STAGE1_PARTS}
+
+
+def _stage2_parts(net, image, label, mask, optimizer, repeats):
+    import torch
+
+    with torch.no_grad():
+        features = net.backbone(image)
+        mu, log_sigma = net.prior.encode(image)
+        codes = net._personalized_codes(features, mu, log_sigma, net.bank_noise)
+
+    def backbone():
+        with torch.no_grad():
+            net.backbone(image)
+
+    def prior():
+        with torch.no_grad():
+            net.prior.encode(image)
+
+    def projection():
+        net._personalized_codes(features, mu, log_sigma, torch.randn_like(net.bank_noise)).sum().backward()
+
+    def head():
+        net.head(features, codes.clone().requires_grad_()).sum().backward()
+
+    logits = net.head(features, codes).detach()
+
+    def loss():
+        x = logits.clone().requires_grad_()
+        net._losses["rater_dice"](x, label, mask).sum().backward()
+
+    fns = {"backbone": backbone, "prior": prior, "projection": projection, "head": head, "loss": loss,
+           "optimizer": optimizer.step}
+    return {part: _median(fns[part], repeats) for part in STAGE2_PARTS}
+
+
+def worker(config: str, task: str, repeats: int, warmup: int, threads: int) -> dict:
+    import torch
+
+    from multirater_monai.networks import BackboneConfig, DPersona
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     settings = dict(CONFIGS[config])
     net = DPersona.build(backbone=BackboneConfig(encoder=settings.pop("encoder")), **settings)
-    result = {"params_M": sum(p.numel() for p in net.parameters()) / 1e6}
-    result["head_params_K"] = sum(p.numel() for p in net.rater_heads.parameters()) / 4 / 1e3
+    result = {"params_M": sum(p.numel() for p in net.parameters()) / 1e6,
+              "head_params_K": sum(p.numel() for p in net.rater_heads.parameters()) / net.num_raters / 1e3}
     size, batch = WORKLOAD[config]
     image = torch.randn(batch, 1, size, size)
     label = (torch.rand(batch, 4, size, size) > 0.5).float()
@@ -74,30 +157,36 @@ def worker(config: str, task: str, repeats: int, threads: int) -> dict:
     if task in ("stage1", "stage2"):
         if task == "stage2":
             net.start_stage(2)
+        net.train()
         optimizer = torch.optim.Adam(net.parameters_to_train(), lr=1e-4)
-        result["rss_start_MB"] = _rss_mb()
 
         def step():
-            net.train()
             loss = net.training_objective(image, label, mask)["loss"]
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
 
-        result["step_s"] = _median_time(step, repeats)
-        result["peak_rss_MB"] = _rss_mb()
+        times = _times(step, repeats, warmup)
+        result["step_s"] = [min(times), statistics.median(times), max(times)]
+        result["peak_rss_MiB"] = _peak_rss_mib()
+        parts = _stage1_parts if task == "stage1" else _stage2_parts
+        result["parts_s"] = parts(net, image, label, mask, optimizer, repeats)
+        # the yardstick: the backbone's forward + backward in training mode, same batch
+        backbone_params = list(net.backbone.parameters())
+        for p in backbone_params:
+            p.requires_grad_(True)
+        result["backbone_fb_s"] = _median(lambda: net.backbone(image).sum().backward(), repeats, warmup)
     else:  # inference for one image
         one = image[:1]
         net.eval()
         with torch.no_grad():
-            result["backbone_ms"] = 1e3 * _median_time(lambda: net.backbone(one), repeats)
+            result["backbone_ms"] = 1e3 * _median(lambda: net.backbone(one), repeats, warmup)
             net.set_sampling(num_samples=50)
-            result["samples50_batched_ms"] = 1e3 * _median_time(lambda: net(one), repeats)
-            net.set_sampling(num_samples=1)
-            result["samples50_loop_ms"] = 1e3 * _median_time(lambda: [net(one) for _ in range(50)], max(1, repeats // 2))
+            result["samples50_ms"] = 1e3 * _median(lambda: net(one), repeats, warmup)
             net.start_stage(2)
             net.eval()
-            result["personalized4_ms"] = 1e3 * _median_time(lambda: net(one), repeats)
+            result["personalized4_ms"] = 1e3 * _median(lambda: net(one), repeats, warmup)
+        result["peak_rss_MiB"] = _peak_rss_mib()
     return result
 
 
@@ -112,15 +201,22 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _run(config: str, task: str, args) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", config, task, "--repeats", str(args.repeats),
+           "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--worker", nargs=2, metavar=("CONFIG", "TASK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker[0], args.worker[1], args.repeats, args.threads)))
+        print(json.dumps(worker(args.worker[0], args.worker[1], args.repeats, args.warmup, args.threads)))
         return
 
     import torch
@@ -128,27 +224,26 @@ def main() -> None:
     print("command: python " + " ".join(sys.argv))
     print(f"machine: {_cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} threads, "
           f"load average {os.getloadavg()[0]:.2f}")
-    print(f"workload: 4 raters, latent 6, K 10, M 100; image side and batch per config {WORKLOAD}; "
-          f"inference on one image of that side; median of {args.repeats}\n")
-    rows = []
+    print(f"workload: 4 raters, latent 6, K 10, M 100; (image side, batch) per config {WORKLOAD}; "
+          f"{args.warmup} warm-up steps, {args.repeats} timed; parts: median\n")
     for config in args.configs:
-        res = {}
-        for task in ("stage1", "stage2", "inference"):
-            cmd = [sys.executable, os.path.abspath(__file__), "--worker", config, task,
-                   "--repeats", str(args.repeats), "--threads", str(args.threads)]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-            res[task] = json.loads(out)
-        rows.append((config, res))
-    print("| config | params (M) | head/rater (K) | Stage I step (s) | Stage I peak RSS (MB) | Stage II step (s) "
-          "| Stage II peak RSS (MB) | backbone, 1 image (ms) | 50 samples batched (ms) | 50 full passes (ms) "
-          "| 4 personalized (ms) |")
-    print("|---" * 11 + "|")
-    for config, res in rows:
-        s1, s2, inf = res["stage1"], res["stage2"], res["inference"]
-        print(f"| {config} | {s1['params_M']:.2f} | {s1['head_params_K']:.1f} | {s1['step_s']:.3f} | "
-              f"{s1['peak_rss_MB']:.0f} (start {s1['rss_start_MB']:.0f}) | {s2['step_s']:.3f} | "
-              f"{s2['peak_rss_MB']:.0f} (start {s2['rss_start_MB']:.0f}) | {inf['backbone_ms']:.1f} | "
-              f"{inf['samples50_batched_ms']:.1f} | {inf['samples50_loop_ms']:.0f} | {inf['personalized4_ms']:.1f} |")
+        res = {task: _run(config, task, args) for task in ("stage1", "stage2", "inference")}
+        s1 = res["stage1"]
+        print(f"## {config}: {s1['params_M']:.2f} M parameters, {s1['head_params_K']:.2f} K per projection head\n")
+        for stage, parts in (("stage1", STAGE1_PARTS), ("stage2", STAGE2_PARTS)):
+            r = res[stage]
+            yard = r["backbone_fb_s"]
+            lo, med, hi = r["step_s"]
+            print(f"{'Stage I' if stage == 'stage1' else 'Stage II'}: step min / median / max {lo:.3f} / {med:.3f} / "
+                  f"{hi:.3f} s; backbone forward + backward {yard:.3f} s; step / backbone {med / yard:.2f}x "
+                  f"(goal <= {GOALS[stage]}x); peak RSS {r['peak_rss_MiB']:.0f} MiB")
+            print("| " + " | ".join(parts) + " | sum of parts | step |")
+            print("|---" * (len(parts) + 2) + "|")
+            print("| " + " | ".join(f"{1e3 * r['parts_s'][p]:.0f} ms" for p in parts)
+                  + f" | {1e3 * sum(r['parts_s'].values()):.0f} ms | {1e3 * med:.0f} ms |\n")
+        inf = res["inference"]
+        print(f"Inference, one image: backbone {inf['backbone_ms']:.1f} ms, 50 samples {inf['samples50_ms']:.1f} ms, "
+              f"4 personalized {inf['personalized4_ms']:.1f} ms; peak RSS {inf['peak_rss_MiB']:.0f} MiB\n")
 
 
 if __name__ == "__main__":

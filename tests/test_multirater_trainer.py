@@ -19,7 +19,7 @@ def _net():
     torch.manual_seed(0)
     return DPersona.build(
         num_raters=4, backbone=BackboneConfig(channels=(4, 8, 16), feature_channels=4), prior_channels=(4, 8),
-        head_hidden=4, projection_hidden=4, num_bound_samples=3,
+        head_hidden=4, projection_channels=(4,), projection_strides=(2, 1), num_bound_samples=3,
     )
 
 

@@ -104,16 +104,24 @@ def test_latent_head_gradients_and_multichannel_output():
 
 def test_rater_projection_heads_shape_and_independence():
     torch.manual_seed(0)
-    heads = RaterProjectionHeads(feature_channels=4, latent_dim=3, num_raters=3, hidden=5)
+    heads = RaterProjectionHeads(feature_channels=4, latent_dim=3, num_raters=3, channels=(5,), strides=(2, 1))
     features = torch.randn(2, 4, 16, 16)
     q = heads(features)
     assert q.shape == (2, 3, 3)
-    # changing head 1's weights (its block of the grouped convolution) changes only rater 1's query
+    # changing head 1's weights (its block of the grouped conv) changes only rater 1's query
     with torch.no_grad():
-        heads.net[2].weight[5:10] += 1.0  # output channels 5..9 of the grouped conv = head 1
+        heads.net[2].weight[5:10] += 1.0  # output channels 5..9 of the second (grouped) conv = head 1
     q2 = heads(features)
     assert torch.equal(q2[:, 0], q[:, 0]) and torch.equal(q2[:, 2], q[:, 2])
     assert not torch.allclose(q2[:, 1], q[:, 1])
-    # per head: 4*5*9+5 + 5*5*9+5 + 5*3+3 = 185 + 230 + 18 = 433 parameters
-    assert sum(p.numel() for p in heads.parameters()) == 3 * 433
+    # per head: 4*5*9+5 + 5*5*9+5 + 5*3*9+3 + 3*3*9+3 = 185 + 230 + 138 + 84 = 637 parameters
+    assert sum(p.numel() for p in heads.parameters()) == 3 * 637
+    assert (q < 0).any(), "the last convolution has no ReLU: queries take both signs"
     assert math.isfinite(float(q2.detach().sum()))
+
+
+def test_rater_projection_head_has_the_papers_size():
+    # D-Persona Sec. 4.2: 22.03 K parameters per projection head (16 feature channels, D = 6)
+    heads = RaterProjectionHeads(feature_channels=16, latent_dim=6, num_raters=4)
+    assert sum(p.numel() for p in heads.parameters()) == 4 * 22032
+    assert heads(torch.randn(1, 16, 32, 32)).shape == (1, 4, 6)

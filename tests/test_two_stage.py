@@ -9,7 +9,7 @@ from multirater_monai.engines import begin_stage
 from multirater_monai.networks import AVAP, BackboneConfig, DPersona, ProSeg
 
 TINY = dict(backbone=BackboneConfig(channels=(4, 8), feature_channels=4), prior_channels=(4, 8), head_hidden=4,
-            projection_hidden=4, num_samples=3, bank_size=5, num_bound_samples=2, num_raters=2)
+            projection_channels=(4,), projection_strides=(2, 1), num_samples=3, bank_size=5, num_bound_samples=2, num_raters=2)
 
 
 def test_loads_the_checkpoint_and_freezes_all_but_the_heads(tmp_path):

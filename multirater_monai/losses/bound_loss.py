@@ -6,9 +6,10 @@ PRESENT annotations:
 
     L_bound = Dice(min_k P_k, A_inter) + Dice(max_k P_k, A_union)
 
-The minimum/maximum is taken over LOGITS and MONAI's ``DiceLoss(sigmoid=True)`` applies the sigmoid
-afterwards; since the sigmoid is monotone, ``sigmoid(min_k l_k) == min_k sigmoid(l_k)`` exactly, so
-this equals the min/max of probabilities. min/max is differentiable almost everywhere (the gradient
+The minimum/maximum is taken over LOGITS and the Dice loss applies the sigmoid afterwards; since the
+sigmoid is monotone, ``sigmoid(min_k l_k) == min_k sigmoid(l_k)`` exactly, so this equals the
+min/max of probabilities. The Dice is the one of eq. 4, by default
+:class:`~multirater_monai.losses.BinaryGeneralizedDiceLoss` (batch-level, so empty bounds train). min/max is differentiable almost everywhere (the gradient
 goes to the sample that attains it), which is what pushes individual samples toward the bounds.
 
 Missing raters (``rater_mask`` False) take no part: they count as 1 in the intersection and 0 in
@@ -18,10 +19,10 @@ the union.
 from __future__ import annotations
 
 import torch
-from monai.losses import DiceLoss
 from torch import nn
 
 from ..utils.errors import MultiRaterDataError
+from .binary_generalized_dice import BinaryGeneralizedDiceLoss
 
 __all__ = ["BoundLoss", "annotation_bounds"]
 
@@ -45,16 +46,16 @@ class BoundLoss(nn.Module):
     """D-Persona bound loss: Dice of the samples' intersection/union vs the annotations'.
 
     Args:
-        smooth_nr, smooth_dr: Dice smoothing (MONAI ``DiceLoss``).
-        batch: Dice over the whole batch instead of per sample (MONAI ``DiceLoss(batch=...)``).
+        dice: loss ``(logits (B, 1, *sp), target (B, 1, *sp)) -> scalar`` with the sigmoid inside;
+            default :class:`BinaryGeneralizedDiceLoss`.
 
     ``forward(sample_logits (B, K, *sp), label (B, R, *sp), rater_mask (B, R) | None)`` returns the
     scalar ``L_inter + L_union``; :meth:`terms` returns the two parts.
     """
 
-    def __init__(self, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, batch: bool = False) -> None:
+    def __init__(self, dice: nn.Module | None = None) -> None:
         super().__init__()
-        self.dice = DiceLoss(sigmoid=True, smooth_nr=smooth_nr, smooth_dr=smooth_dr, batch=batch)
+        self.dice = dice if dice is not None else BinaryGeneralizedDiceLoss()
 
     def terms(
         self, sample_logits: torch.Tensor, label: torch.Tensor, rater_mask: torch.Tensor | None = None

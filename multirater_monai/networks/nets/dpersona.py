@@ -5,6 +5,9 @@ Stage I (``stage=1``) is a Probabilistic U-Net trained with the bound-constraine
     L_stage1 = beta_kl * KL(q || p) + alpha * Dice(P_post, A_random) + beta * L_bound
                (+ l2_weight * L2, Kohl et al.)
 
+Every Dice (eqs. 4, 5, 9) is :class:`~multirater_monai.losses.BinaryGeneralizedDiceLoss`: the
+generalized Dice over the whole batch with a background class, so empty masks train.
+
 where ``P_post`` decodes a posterior sample, ``A_random`` is a random PRESENT rater, and
 ``L_bound`` (:class:`~multirater_monai.losses.BoundLoss`) compares the intersection/union of K prior
 samples with those of the present annotations. Paper values: alpha 1, beta 0.5, K 10, D 6.
@@ -16,8 +19,8 @@ of the FROZEN prior ``z_m = mu(X) + sigma(X) * eps_m`` (key = value = bank, eq. 
 
     z~_i = softmax(q_i^T Z) Z^T,      P_i = head(features, z~_i)
 
-and the loss is ``sum over raters i of the batch-mean Dice(P_i, A_i) over samples where rater i is
-present``. Backbone and prior run under ``torch.no_grad`` and in eval mode (BatchNorm statistics do
+and the loss is ``sum over raters i of Dice(P_i, A_i)``, each Dice over the samples of the batch where
+rater i is present. Backbone and prior run under ``torch.no_grad`` and in eval mode (BatchNorm statistics do
 not move); the frozen head is differentiated only with respect to its input code.
 
 Inference ``forward(image)`` returns logits ``(B, S, *sp)``: S prior samples when
@@ -43,9 +46,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from monai.losses import DiceLoss
 from torch import nn
 
+from ...losses.binary_generalized_dice import BinaryGeneralizedDiceLoss
 from ...losses.bound_loss import BoundLoss
 from ..blocks.backbone import BackboneConfig
 from ..blocks.gaussian_encoder import AxisAlignedGaussianEncoder
@@ -58,6 +61,7 @@ from .prob_unet import ProbabilisticUNet, build_latent_parts
 __all__ = ["DPersona", "OUTPUT_MODES"]
 
 OUTPUT_MODES = ("samples", "personalized", "personalized+samples")
+DPERSONA_ENCODER_CHANNELS = (16, 32, 64, 128, 256)  # prior and posterior widths with encoder="resnet34"
 
 
 class DPersona(ProbabilisticUNet):
@@ -73,7 +77,7 @@ class DPersona(ProbabilisticUNet):
         alpha: weight of the random-rater Dice (paper: 1).
         beta: weight of the bound loss (paper: 0.5).
         beta_kl: weight of the KL term (paper: 1).
-        l2_weight: L2 penalty on the trained parameters of the current stage.
+        l2_weight: weight of the L2 penalty on :attr:`l2_modules` of the current stage.
         seg_loss: Stage I loss on ``(logits (B, 1, *sp), target (B, 1, *sp))``; default Dice.
         bound_loss: default :class:`BoundLoss`.
         stage: 1 or 2 (2 freezes everything but ``rater_heads`` at construction).
@@ -85,6 +89,10 @@ class DPersona(ProbabilisticUNet):
     output_modes = OUTPUT_MODES
     posterior_sees_rater_stack = True  # eq. 1: q(z | X, A_set)
     stage_modules = (("backbone", "prior", "posterior", "head"), ("rater_heads",))
+    # "an L2-regularization term as [18, 36]" (Sec. 4.2) names no parameters: as the published code, Stage I
+    # penalises the latent parts (prior, posterior, head: 3.9 M of 27.7 M in the paper configuration), not
+    # the backbone; Stage II its only trained part, the projection heads
+    l2_modules = (("prior", "posterior", "head"), ("rater_heads",))
 
     def __init__(
         self,
@@ -119,7 +127,7 @@ class DPersona(ProbabilisticUNet):
         self.alpha = float(alpha)
         self.beta = float(beta)
         self._losses["bound"] = bound_loss if bound_loss is not None else BoundLoss()
-        self._losses["rater_dice"] = DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5, reduction="none")
+        self._losses["rater_dice"] = BinaryGeneralizedDiceLoss(reduction="none")  # eq. 9: one Dice per rater
         # a different stream from the sample noise, so bank and samples are not the same codes
         bank_seed = None if sample_seed is None else int(sample_seed) + 1
         self.register_buffer("bank_noise", fixed_noise(bank_size, latent_dim, bank_seed), persistent=False)
@@ -137,27 +145,34 @@ class DPersona(ProbabilisticUNet):
         convs_per_block: int | None = None,
         head_hidden: int = 16,
         head_convs: int = 3,
-        projection_hidden: int = 32,
-        projection_strides: Sequence[int] = (2, 2),
+        projection_channels: Sequence[int] = (32, 16),
+        projection_strides: Sequence[int] = (2, 2, 1),
         **kwargs: Any,
     ) -> DPersona:
         """The whole network from plain arguments; ``kwargs`` go to the constructor (``num_samples``,
         ``bank_size``, ``num_bound_samples``, ``alpha``, ``beta``, ``beta_kl``, ``l2_weight``, ``stage``,
-        ``output_mode``, ``sample_seed``, ...). Paper configuration: ``BackboneConfig(encoder="resnet34")``,
+        ``output_mode``, ``sample_seed``, ...). Paper configuration: ``BackboneConfig(encoder="resnet34")``
+        (then the encoders default to :data:`DPERSONA_ENCODER_CHANNELS` x 3 convolutions),
         ``latent_dim=6``, ``num_bound_samples=10``, ``bank_size=100``."""
         backbone = backbone or BackboneConfig()
+        if prior_channels is None and backbone.encoder == "resnet34":
+            # the paper does not list the encoders' widths; the published configuration's 16-32-64-128-256
+            # (3 convolutions per level) gives the paper's parameter count (see the bundle README), where
+            # Kohl et al.'s 32-64-128-192 costs 2.8x the encoder work for fewer parameters
+            prior_channels = DPERSONA_ENCODER_CHANNELS
         parts = build_latent_parts(num_raters, backbone, latent_dim, prior_channels, convs_per_block, head_hidden,
                                    head_convs)
         rater_heads = RaterProjectionHeads(
-            backbone.feature_channels, latent_dim, num_raters, projection_hidden, projection_strides,
-            backbone.spatial_dims,
+            backbone.feature_channels, latent_dim, num_raters, projection_channels, projection_strides,
+            spatial_dims=backbone.spatial_dims,
         )
         return cls(**parts, rater_heads=rater_heads, latent_dim=latent_dim, **kwargs)
 
     @staticmethod
     def default_seg_loss() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """Eq. 4: the Dice loss (per sample, averaged), as the paper states after Pionono [36]."""
-        return DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
+        """Eq. 4: "Dice loss as [36]": the generalized Dice loss over the batch (the published implementation's
+        choice), so that a rater's empty mask still trains (see :class:`BinaryGeneralizedDiceLoss`)."""
+        return BinaryGeneralizedDiceLoss()
 
     # ------------------------------------------------------------------ stage control
     @property
@@ -243,9 +258,7 @@ class DPersona(ProbabilisticUNet):
         bank_noise = torch.randn_like(self.bank_noise)
         codes = self._personalized_codes(features, mu, log_sigma, bank_noise)
         logits = self.head(features, codes)  # (B, R, *sp); the gradient flows through the code only
-        dice = self._losses["rater_dice"](logits, label).flatten(1)  # (B, R)
-        present = rater_mask.to(dice.dtype)
-        per_rater = (dice * present).sum(0) / present.sum(0).clamp(min=1.0)  # batch mean over present
+        per_rater = self._losses["rater_dice"](logits, label, rater_mask)  # (R,), each over the batch's present
         seg = per_rater.sum()
         l2 = self.l2_penalty()
         terms = {"loss": seg + self.l2_weight * l2, "seg_personalized": seg}

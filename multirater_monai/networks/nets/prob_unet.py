@@ -117,6 +117,9 @@ class ProbabilisticUNet(MultiRaterMethod):
     #: the posterior sees the whole rater stack (D-Persona eq. 1) instead of the one mask it reconstructs
     posterior_sees_rater_stack = False
 
+    #: per stage, the sub-modules the L2 term covers (None: every trained parameter)
+    l2_modules = None
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -214,8 +217,12 @@ class ProbabilisticUNet(MultiRaterMethod):
 
     # ------------------------------------------------------------------ training
     def l2_penalty(self) -> torch.Tensor:
-        """Sum of squares of the trained parameters (0 without computing when ``l2_weight == 0``)."""
-        params = self.parameters_to_train()
+        """Sum of squares of the current stage's :attr:`l2_modules` (default: every trained parameter;
+        0 without computing when ``l2_weight == 0``)."""
+        if self.l2_modules is None:
+            params = self.parameters_to_train()
+        else:
+            params = [p for name in self.l2_modules[self.stage - 1] for p in getattr(self, name).parameters()]
         if self.l2_weight == 0 or not params:
             return torch.zeros((), device=self.sample_noise.device)
         return torch.stack([p.pow(2).sum() for p in params]).sum()
