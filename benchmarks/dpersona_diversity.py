@@ -1,7 +1,8 @@
 """D-Persona Stage I on QUBIQ brain growth: does the diversity of the prior samples hold in every seed?
 
 Trains Stage I with the bundle's CPU network (bundles/dpersona/configs/train.json: small U-Net,
-latent 6, K = 10, alpha 1, beta 0.5, KL weight 1, Adam 1e-3, batch 16, flips and 90-degree rotations)
+latent 6, K = 10, alpha 1, beta 0.5, KL weight 1, Adam 1e-3, batch 16, flips and 90-degree
+rotations)
 on the training split of the comparison tables (cases split 0.6 / 0.1 / 0.3, seed 0) for each seed,
 and prints, on the VALIDATION split (never the test split), the 16 prior samples' d_pp against the
 raters' own d_aa, the GED, and along training the KL, the prior's sigma, how much the samples differ
@@ -11,7 +12,8 @@ raters' own d_aa, the GED, and along training the KL, the prior's sigma, how muc
 
 Variants (``--variant``): ``paper`` (the bundle as it is) and the switches this script adds for the
 diagnosis (none changes the bundle): ``no-bound`` (beta 0: the plain Probabilistic U-Net with
-D-Persona's posterior on the rater stack).
+D-Persona's posterior on the rater stack) and ``per-sample-dice`` (the per-sample Dice of eqs. 4-5
+that the bundle used before issue 18).
 """
 
 from __future__ import annotations
@@ -29,7 +31,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from proseg_ablation import qubiq_split  # noqa: E402  (the same split and preprocessing)
 
-VARIANTS = {"paper": {}, "no-bound": {"beta": 0.0}}
+VARIANTS = {"paper": {}, "no-bound": {"beta": 0.0}, "per-sample-dice": {}}
+
+
+def per_sample_dice(net) -> None:
+    """The Dice before issue 18: MONAI's per-sample DiceLoss for eqs. 4 and 5 (empty masks do not train)."""
+    from monai.losses import DiceLoss
+
+    from multirater_monai.losses import BoundLoss
+
+    net._losses["seg"] = DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
+    net._losses["bound"] = BoundLoss(dice=DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5))
 
 
 def cpu_network(**overrides):
@@ -72,6 +84,8 @@ def run(seed: int, steps: int, variant: str, data_dir: Path, qubiq_root: Path, l
     loader = DataLoader(CacheDataset(train, augment, progress=False), batch_size=16, shuffle=True)
     val_data = CacheDataset(val, pre, progress=False)
     net = cpu_network(**VARIANTS[variant])
+    if variant == "per-sample-dice":
+        per_sample_dice(net)
     optimizer = torch.optim.Adam(net.parameters_to_train(1), lr=1e-3)
     step, start, history = 0, time.time(), []
     while step < steps:

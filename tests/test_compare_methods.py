@@ -29,6 +29,18 @@ def test_per_rater_row_scores_run_k_against_rater_k_image_by_image():
     assert abs(row["average"] - 0.5) < 1e-12 and row["mean_voting"] is None
     assert {r["image"]: round(r["average"], 10) for r in row["per_image"]} == {"x": 0.6, "y": 0.4}
     assert compare.per_rater_row(rows[:1], num_raters=2, structures=[""]) is None  # a rater's run is missing
+    assert row["method"] == compare.DIAGONAL
+
+
+def test_table2_view_scores_each_run_against_every_rater():
+    compare = _compare()
+    rows = [_run("U-Net (A1)", {"x": (0.8, 0.1), "y": (0.6, 0.1)}), _run("U-Net (A2)", {"x": (0.1, 0.4), "y": (0.1, 0.2)})]
+    row = compare.per_rater_all_raters_row(rows, num_raters=2, structures=[""])
+    # run A1: (0.7 + 0.1) / 2 = 0.4 over both raters; run A2: (0.1 + 0.3) / 2 = 0.2 -> 0.3 (the diagonal gives 0.5)
+    assert abs(row["average"] - 0.3) < 1e-12 and row["method"] == compare.ALL_RATERS
+    # per image: x ((0.8 + 0.1) / 2 + (0.1 + 0.4) / 2) / 2 = 0.35; y ((0.6 + 0.1) / 2 + (0.1 + 0.2) / 2) / 2 = 0.25
+    assert {r["image"]: round(r["average"], 10) for r in row["per_image"]} == {"x": 0.35, "y": 0.25}
+    assert compare.per_rater_all_raters_row(rows[1:], num_raters=2, structures=[""]) is None
 
 
 def test_claim_table_pairs_images_over_seeds_and_gives_the_verdict():

@@ -102,6 +102,24 @@ def test_latent_head_gradients_and_multichannel_output():
     assert all(p.grad is not None for p in head.parameters())
 
 
+def test_latent_head_in_chunks_gives_the_same_logits_and_gradients():
+    torch.manual_seed(0)
+    head = LatentCombiningHead(4, 2, out_channels=1, hidden=6, num_convs=3)
+    features = torch.randn(2, 4, 8, 8, requires_grad=True)
+    z = torch.randn(2, 5, 2, requires_grad=True)
+    whole = head(features, z)  # 16 MiB default: one chunk here
+    whole.square().sum().backward()
+    grads = features.grad.clone(), z.grad.clone(), head.combine.weight.grad.clone()
+    for tensor in (features, z, head.combine.weight):
+        tensor.grad = None
+    head.chunk_bytes = 2 * 8 * 8 * 6 * 4 * 2  # two codes per chunk: chunks of 2, 2 and 1
+    chunked = head(features, z)
+    chunked.square().sum().backward()
+    assert torch.allclose(chunked, whole, atol=1e-6)
+    for got, expected in zip((features.grad, z.grad, head.combine.weight.grad), grads):
+        assert torch.allclose(got, expected, atol=1e-5)
+
+
 def test_rater_projection_heads_shape_and_independence():
     torch.manual_seed(0)
     heads = RaterProjectionHeads(feature_channels=4, latent_dim=3, num_raters=3, channels=(5,), strides=(2, 1))

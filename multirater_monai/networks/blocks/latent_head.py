@@ -11,6 +11,13 @@ batched call, and the feature map is touched once:
 
 So the parameters are ``nn.Linear`` layers (a 1x1 convolution is a linear map over channels)
 and the head costs ``O(B * S * pixels * hidden^2)``, never a backbone pass per sample.
+
+The codes go through the decoder in chunks whose ``(B, chunk, *spatial, hidden)`` tensors stay under
+``chunk_bytes`` (16 MiB). The work is memory traffic, not arithmetic, and a tensor larger than glibc's
+largest mmap threshold (32 MiB) is a fresh mapping every time, paid in page faults: in D-Persona's
+training step (paper configuration: 12 images x 11 codes x 128 x 128 x 16 channels, 138 MB per
+tensor) the head's forward + backward took 767 ms in one piece and 336 ms in chunks of one code
+(2 CPU cores; benchmarks/bench_dpersona.py measures it inside the step). The logits are the same.
 """
 
 from __future__ import annotations
@@ -32,12 +39,14 @@ class LatentCombiningHead(nn.Module):
             ``(B, S, out_channels, *sp)``.
         hidden: channels of the hidden 1x1 convolutions.
         num_convs: number of 1x1 convolutions (>= 2; Kohl et al. use 3).
+        chunk_bytes: largest hidden tensor of one chunk of codes (see the module docstring).
 
     ``z`` may also be ``(B, D)`` (one code per image): the output then has ``S = 1``.
     """
 
     def __init__(
-        self, feature_channels: int, latent_dim: int, out_channels: int = 1, hidden: int = 16, num_convs: int = 3
+        self, feature_channels: int, latent_dim: int, out_channels: int = 1, hidden: int = 16, num_convs: int = 3,
+        chunk_bytes: int = 16 * 2**20,
     ) -> None:
         super().__init__()
         if num_convs < 2:
@@ -48,6 +57,8 @@ class LatentCombiningHead(nn.Module):
         self.combine = nn.Linear(feature_channels + latent_dim, hidden)
         decoder = [nn.Linear(hidden, hidden) for _ in range(num_convs - 2)] + [nn.Linear(hidden, out_channels)]
         self.decoder = nn.ModuleList(decoder)
+        self.hidden = int(hidden)
+        self.chunk_bytes = int(chunk_bytes)
 
     def forward(self, features: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         if z.dim() == 2:
@@ -60,14 +71,18 @@ class LatentCombiningHead(nn.Module):
         h_codes = F.linear(z, w[:, self.feature_channels :], self.combine.bias)
         for _ in range(n_spatial):
             h_codes = h_codes.unsqueeze(2)
-        h = h_features.unsqueeze(1) + h_codes  # (B, S, *sp, hidden)
-        # The ReLUs run in place: the (B, S, *sp, hidden) tensors are the cost here (memory traffic, not
-        # arithmetic; benchmarks/bench_dpersona.py, paper configuration, 50 samples for one image:
-        # 214 -> 180 ms on 2 cores), and autograd allows it (neither the addition nor a linear layer
-        # needs its own output for the backward pass).
-        for layer in self.decoder:
-            h = layer(torch.relu_(h))
-        h = h.movedim(-1, 2)  # (B, S, out, *sp)
+        per_code = h_features.numel() * h_features.element_size()  # bytes of one code's hidden tensor
+        chunk = max(1, self.chunk_bytes // max(per_code, 1))
+        outputs: list[torch.Tensor] = []
+        for start in range(0, h_codes.shape[1], chunk):
+            h = h_features.unsqueeze(1) + h_codes[:, start:start + chunk]  # (B, chunk, *sp, hidden)
+            # The ReLUs run in place: the (B, chunk, *sp, hidden) tensors are the cost here (memory traffic,
+            # not arithmetic), and autograd allows it (neither the addition nor a linear layer needs its
+            # own output for the backward pass).
+            for layer in self.decoder:
+                h = layer(torch.relu_(h))
+            outputs.append(h.movedim(-1, 2))  # (B, chunk, out, *sp)
+        h = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
         if self.out_channels == 1:
             h = h.squeeze(2)
         return h
