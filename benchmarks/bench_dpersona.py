@@ -236,7 +236,8 @@ def main() -> None:
             lo, med, hi = r["step_s"]
             print(f"{'Stage I' if stage == 'stage1' else 'Stage II'}: step min / median / max {lo:.3f} / {med:.3f} / "
                   f"{hi:.3f} s; backbone forward + backward {yard:.3f} s; step / backbone {med / yard:.2f}x "
-                  f"(goal <= {GOALS[stage]}x); peak RSS {r['peak_rss_MiB']:.0f} MiB")
+                  + (f"(goal <= {GOALS[stage]}x, paper configuration)" if config == "paper" else "")
+                  + f"; peak RSS {r['peak_rss_MiB']:.0f} MiB")
             print("| " + " | ".join(parts) + " | sum of parts | step |")
             print("|---" * (len(parts) + 2) + "|")
             print("| " + " | ".join(f"{1e3 * r['parts_s'][p]:.0f} ms" for p in parts)

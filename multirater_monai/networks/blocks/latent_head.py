@@ -13,11 +13,13 @@ So the parameters are ``nn.Linear`` layers (a 1x1 convolution is a linear map ov
 and the head costs ``O(B * S * pixels * hidden^2)``, never a backbone pass per sample.
 
 The codes go through the decoder in chunks whose ``(B, chunk, *spatial, hidden)`` tensors stay under
-``chunk_bytes`` (16 MiB). The work is memory traffic, not arithmetic, and a tensor larger than glibc's
-largest mmap threshold (32 MiB) is a fresh mapping every time, paid in page faults: in D-Persona's
-training step (paper configuration: 12 images x 11 codes x 128 x 128 x 16 channels, 138 MB per
-tensor) the head's forward + backward took 767 ms in one piece and 336 ms in chunks of one code
-(2 CPU cores; benchmarks/bench_dpersona.py measures it inside the step). The logits are the same.
+``chunk_bytes`` (4 MiB; at least one code per chunk). The work is memory traffic, not arithmetic, and
+a tensor larger than glibc's largest mmap threshold (32 MiB) is a fresh mapping every time, paid in
+page faults: in D-Persona's training step (paper configuration: 12 images x 11 codes x 128 x 128 x
+16 channels, 138 MB per tensor) the head's forward + backward took 767 ms in one piece and 336 ms in
+chunks of one code; for one image's 50 samples, 2-4 MiB chunks took 28-31 ms against 46 ms at 16 MiB
+and 80 ms at 64 MiB (2 CPU cores; benchmarks/bench_dpersona.py measures the head inside the step).
+The logits are the same.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class LatentCombiningHead(nn.Module):
 
     def __init__(
         self, feature_channels: int, latent_dim: int, out_channels: int = 1, hidden: int = 16, num_convs: int = 3,
-        chunk_bytes: int = 16 * 2**20,
+        chunk_bytes: int = 4 * 2**20,
     ) -> None:
         super().__init__()
         if num_convs < 2:
