@@ -271,6 +271,53 @@ def claim_lines(suite: str, rows_by_seed: dict[int, list[dict]], structures: lis
     return lines
 
 
+def personalization_lines(rows_by_seed: dict[int, list[dict]], num_raters: int,
+                          consensus: str = "U-Net (STAPLE)") -> list[str]:
+    """Per rater r: does the U-Net trained on rater r alone beat the consensus U-Net on Dice_Ar (the rater
+    has a style a model can learn)? For the raters where it does, each personalized method's gain over
+    the consensus U-Net on Dice_Ar. Paired bootstrap over the test images, values averaged over seeds."""
+
+    def per_image(label: str, key: str) -> dict[str, float]:
+        seeds = [[r for r in rows if r["method"] == label] for rows in rows_by_seed.values()]
+        return per_image_values([found[0]["per_image"] for found in seeds if found], key)
+
+    labels = list(dict.fromkeys(row["method"] for rows in rows_by_seed.values() for row in rows))
+    if consensus not in labels:
+        return []
+    personalized = [label for label in labels if not label.startswith("U-Net")
+                    and any(row.get("dice_A1") is not None for rows in rows_by_seed.values()
+                            for row in rows if row["method"] == label)]
+    lines = [f"| rater | row | Dice_Ar gain over {consensus} | 95 % interval (paired bootstrap over images) | verdict |",
+             "|---|---|---|---|---|"]
+    for r in range(1, num_raters + 1):
+        own, key = f"U-Net (A{r})", f"dice_A{r}"
+        if own not in labels:
+            continue
+        base = per_image(consensus, key)
+
+        def gain(label: str) -> tuple[float, float, float, str] | None:
+            values = per_image(label, key)
+            images = sorted(set(values) & set(base))
+            if not images:
+                return None
+            mean, low, high = paired_bootstrap_interval([values[i] for i in images], [base[i] for i in images])
+            return mean, low, high, claim_verdict(low, high, True)
+
+        style = gain(own)
+        if style is None:
+            continue
+        has_style = style[3] == "holds"
+        lines.append(f"| A{r} | {own} (the rater's style{'' if has_style else ': not shown'}) | {style[0]:+.4f} | "
+                     f"[{style[1]:+.4f}, {style[2]:+.4f}] | {style[3]} |")
+        if has_style:
+            for label in personalized:
+                result = gain(label)
+                if result is not None:
+                    lines.append(f"| A{r} | {label} | {result[0]:+.4f} | [{result[1]:+.4f}, {result[2]:+.4f}] | "
+                                 f"{result[3]} |")
+    return lines if len(lines) > 2 else []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", default="dpersona", choices=sorted(COLUMNS))
@@ -355,6 +402,10 @@ def main() -> None:
                                           for c in header[1:]]) + " |" for label in labels]
     table = "\n".join(lines)
     claims = "\n".join(claim_lines(args.suite, rows_by_seed, structures))
+    if args.suite == "dpersona":  # the personalization reference: raters whose own U-Net learns a style
+        personal = personalization_lines(rows_by_seed, num_raters)
+        if personal:
+            claims += "\n\nPersonalization against the raters' own U-Nets:\n\n" + "\n".join(personal)
     command = "python " + " ".join(sys.argv)
     budget_text = (f"one-stage methods {args.epochs + args.stage2_epochs} epochs, two-stage {args.epochs} + "
                    f"{args.stage2_epochs}" if args.equal_steps else

@@ -66,3 +66,24 @@ def test_only_selects_by_word_or_by_exact_label():
     assert [label for label in labels if compare.selected(label, ["proseg"])] == [
         "ProSeg", "ProSeg without tau", "ProSeg without Z", "ProSeg without tau and Z"]
     assert compare.selected("Prob. U-Net", None)
+
+
+def test_personalization_reports_gains_only_for_raters_whose_own_unet_shows_a_style():
+    compare = _compare()
+
+    def row(method, a1, a2):
+        per_image = [{"image": f"i{k}", "dice_A1": x, "dice_A2": y} for k, (x, y) in enumerate(zip(a1, a2))]
+        return {"method": method, "dice_A1": sum(a1) / 3, "per_image": per_image}
+
+    # A1's own U-Net beats STAPLE by 0.1 on every image (a style); A2's own U-Net does not (equal)
+    rows = [row("U-Net (STAPLE)", [0.7, 0.6, 0.5], [0.8, 0.7, 0.6]),
+            row("U-Net (A1)", [0.8, 0.7, 0.6], [0.8, 0.7, 0.6]),
+            row("U-Net (A2)", [0.7, 0.6, 0.5], [0.8, 0.7, 0.6]),
+            row("D-Persona (Stage II)", [0.72, 0.62, 0.52], [0.9, 0.9, 0.9])]
+    lines = compare.personalization_lines({0: rows}, num_raters=2)
+    assert lines[2] == "| A1 | U-Net (A1) (the rater's style) | +0.1000 | [+0.1000, +0.1000] | holds |"
+    assert lines[3] == "| A1 | D-Persona (Stage II) | +0.0200 | [+0.0200, +0.0200] | holds |"
+    # A2 shows no style: its own U-Net row is printed, the personalized methods' gains are not
+    assert lines[4].startswith("| A2 | U-Net (A2) (the rater's style: not shown) | +0.0000 |")
+    assert len(lines) == 5
+    assert compare.personalization_lines({0: rows[1:]}, num_raters=2) == []  # no consensus row
