@@ -138,24 +138,30 @@ def evaluation_rows(root: Path, label: str) -> list[dict]:
     return rows
 
 
-def per_rater_row(rows: list[dict], num_raters: int, structures: list[str]) -> dict | None:
-    """The diagonal 'U-Net per rater' row of the AVAP suite from the R runs 'U-Net (Ak)': run k against
-    rater k only, for the summary and image by image. An oracle: each network is scored on the rater
-    it was trained for (the personalization reference)."""
+def _per_rater_unet_row(rows: list[dict], num_raters: int, structures: list[str], method: str,
+                        raters_of) -> dict | None:
+    """A row from the R runs 'U-Net (Ak)': run k scored on the raters ``raters_of(k)`` (mean of their soft
+    Dice, the raters present), then the mean over the R runs, for the summary and image by image."""
     by_label = {row["method"]: row for row in rows}
     runs = [by_label.get(f"U-Net (A{k + 1})") for k in range(num_raters)]
     if any(run is None for run in runs):
         return None
-    row = {"method": DIAGONAL}
+
+    def mean_of(entry: dict, prefix: str, k: int) -> float | None:
+        values = [entry.get(f"{prefix}average_A{r + 1}") for r in raters_of(k)]
+        values = [v for v in values if v is not None]
+        return sum(values) / len(values) if values else None
+
+    row = {"method": method}
     per_image: dict[str, dict] = {}
     for prefix in structures:
         key = f"{prefix}average"
-        values = [run.get(f"{prefix}average_A{k + 1}") for k, run in enumerate(runs)]
-        row[key] = None if None in values else sum(values) / num_raters
+        run_means = [mean_of(run, prefix, k) for k, run in enumerate(runs)]
+        row[key] = None if None in run_means else sum(run_means) / num_raters
         row[f"{prefix}mean_voting"] = None
         for k, run in enumerate(runs):
             for image_row in run["per_image"]:
-                value = image_row.get(f"{prefix}average_A{k + 1}")
+                value = mean_of(image_row, prefix, k)
                 if value is not None:
                     entry = per_image.setdefault(image_row["image"], {"image": image_row["image"]})
                     entry.setdefault(key, []).append(value)
@@ -164,33 +170,16 @@ def per_rater_row(rows: list[dict], num_raters: int, structures: list[str]) -> d
     return row
 
 
+def per_rater_row(rows: list[dict], num_raters: int, structures: list[str]) -> dict | None:
+    """The diagonal 'U-Net per rater' row of the AVAP suite: run k against rater k only. An oracle: each
+    network is scored on the rater it was trained for (the personalization reference)."""
+    return _per_rater_unet_row(rows, num_raters, structures, DIAGONAL, lambda k: [k])
+
+
 def per_rater_all_raters_row(rows: list[dict], num_raters: int, structures: list[str]) -> dict | None:
     """The AVAP paper's view of the same R runs (its Table II rows M_r): run k scored against EVERY rater
-    (mean over the raters present), then the mean over the R runs, for the summary and image by image."""
-    by_label = {row["method"]: row for row in rows}
-    runs = [by_label.get(f"U-Net (A{k + 1})") for k in range(num_raters)]
-    if any(run is None for run in runs):
-        return None
-    row = {"method": ALL_RATERS}
-    per_image: dict[str, dict] = {}
-    for prefix in structures:
-        key = f"{prefix}average"
-        run_means = []
-        for run in runs:
-            values = [run.get(f"{prefix}average_A{r + 1}") for r in range(num_raters)]
-            values = [v for v in values if v is not None]
-            run_means.append(sum(values) / len(values) if values else None)
-            for image_row in run["per_image"]:
-                image_values = [image_row.get(f"{prefix}average_A{r + 1}") for r in range(num_raters)]
-                image_values = [v for v in image_values if v is not None]
-                if image_values:
-                    entry = per_image.setdefault(image_row["image"], {"image": image_row["image"]})
-                    entry.setdefault(key, []).append(sum(image_values) / len(image_values))
-        row[key] = None if None in run_means else sum(run_means) / num_raters
-        row[f"{prefix}mean_voting"] = None
-    row["per_image"] = [{k: (sum(v) / len(v) if isinstance(v, list) else v) for k, v in entry.items()}
-                        for entry in per_image.values()]
-    return row
+    (mean over the raters present), then the mean over the R runs."""
+    return _per_rater_unet_row(rows, num_raters, structures, ALL_RATERS, lambda k: range(num_raters))
 
 
 DIAGONAL = "U-Net per rater, diagonal (M_r on A_r only)"

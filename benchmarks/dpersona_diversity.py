@@ -6,7 +6,7 @@ rotations)
 on the training split of the comparison tables (cases split 0.6 / 0.1 / 0.3, seed 0) for each seed,
 and prints, on the VALIDATION split (never the test split), the 16 prior samples' d_pp against the
 raters' own d_aa, the GED, and along training the KL, the prior's sigma, how much the samples differ
-(d_pp) and how much the head's output moves per unit of z (the logit spread across samples).
+(d_pp) and how much their logits differ (standard deviation across the samples, mean over pixels).
 
     python benchmarks/dpersona_diversity.py --seeds 0 1 2 --steps 200 [--variant paper]
 
@@ -24,12 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from proseg_ablation import qubiq_split  # noqa: E402  (the same split and preprocessing)
+from proseg_ablation import fit_steps, qubiq_loaders  # noqa: E402  (the same split, loader and loop)
 
 VARIANTS = {"paper": {}, "no-bound": {"beta": 0.0}, "per-sample-dice": {}}
 
@@ -72,38 +71,20 @@ def validation_terms(net, val_data) -> dict:
 
 
 def run(seed: int, steps: int, variant: str, data_dir: Path, qubiq_root: Path, log_every: int) -> dict:
-    from monai.data import CacheDataset, DataLoader
-    from monai.transforms import Compose, RandFlipd, RandRotate90d
-    from monai.utils import set_determinism
-
-    set_determinism(seed)
-    train, val, pre = qubiq_split(data_dir, qubiq_root)
-    augment = Compose([pre, RandFlipd(["image", "label"], prob=0.5, spatial_axis=0),
-                       RandFlipd(["image", "label"], prob=0.5, spatial_axis=1),
-                       RandRotate90d(["image", "label"], prob=0.5, max_k=3)])
-    loader = DataLoader(CacheDataset(train, augment, progress=False), batch_size=16, shuffle=True)
-    val_data = CacheDataset(val, pre, progress=False)
+    loader, val_data = qubiq_loaders(seed, data_dir, qubiq_root)
     net = cpu_network(**VARIANTS[variant])
     if variant == "per-sample-dice":
         per_sample_dice(net)
     optimizer = torch.optim.Adam(net.parameters_to_train(1), lr=1e-3)
-    step, start, history = 0, time.time(), []
-    while step < steps:
-        for batch in loader:
-            terms = net.train().training_objective(batch["image"], batch["label"], batch.get("rater_mask"))
-            optimizer.zero_grad()
-            terms["loss"].backward()
-            optimizer.step()
-            step += 1
-            history.append({k: float(v) for k, v in terms.items()})
-            if step % log_every == 0 or step == steps:
-                mean = {k: np.mean([h[k] for h in history[-log_every:]]) for k in ("kl", "seg", "bound")}
-                val = validation_terms(net, val_data)
-                print(f"  [{variant} seed {seed}] step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in mean.items())
-                      + " | val " + " ".join(f"{k} {v:.3f}" for k, v in val.items())
-                      + f" ({time.time() - start:.0f} s)", flush=True)
-            if step >= steps:
-                break
+    start = time.time()
+
+    def log(step: int, mean: dict) -> None:
+        val = validation_terms(net, val_data)
+        print(f"  [{variant} seed {seed}] step {step}: " + " ".join(f"{k} {mean[k]:.4f}" for k in ("kl", "seg", "bound"))
+              + " | val " + " ".join(f"{k} {v:.3f}" for k, v in val.items())
+              + f" ({time.time() - start:.0f} s)", flush=True)
+
+    fit_steps(net, loader, optimizer, steps, log_every, log)
     return {"seed": seed, "variant": variant, **validation_terms(net, val_data), "minutes": (time.time() - start) / 60}
 
 

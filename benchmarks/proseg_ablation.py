@@ -86,6 +86,41 @@ def qubiq_split(data_dir: Path, qubiq_root: Path):
             mm.data.load_multirater_datalist(datalist, "validation", num_raters=7), pre)
 
 
+def qubiq_loaders(seed: int, data_dir: Path, qubiq_root: Path):
+    """Seeded (training loader with flips and 90-degree rotations, batch 16; validation data set)."""
+    from monai.data import CacheDataset, DataLoader
+    from monai.transforms import Compose, RandFlipd, RandRotate90d
+    from monai.utils import set_determinism
+
+    set_determinism(seed)
+    train, val, pre = qubiq_split(data_dir, qubiq_root)
+    augment = Compose([pre, RandFlipd(["image", "label"], prob=0.5, spatial_axis=0),
+                       RandFlipd(["image", "label"], prob=0.5, spatial_axis=1),
+                       RandRotate90d(["image", "label"], prob=0.5, max_k=3)])
+    loader = DataLoader(CacheDataset(train, augment, progress=False), batch_size=16, shuffle=True)
+    return loader, CacheDataset(val, pre, progress=False)
+
+
+def fit_steps(net, loader, optimizer, steps: int, log_every: int, on_log) -> list[dict]:
+    """``steps`` optimiser steps of ``net.training_objective`` over ``loader`` (epochs repeat as needed);
+    every ``log_every`` steps and at the end, ``on_log(step, mean of each term over the window)``.
+    Returns every step's terms."""
+    step, history = 0, []
+    while step < steps:
+        for batch in loader:
+            terms = net.train().training_objective(batch["image"], batch["label"], batch.get("rater_mask"))
+            optimizer.zero_grad()
+            terms["loss"].backward()
+            optimizer.step()
+            step += 1
+            history.append({k: float(v) for k, v in terms.items()})
+            if step % log_every == 0 or step == steps:
+                on_log(step, {k: float(np.mean([h[k] for h in history[-log_every:]])) for k in history[-1]})
+            if step >= steps:
+                break
+    return history
+
+
 def variant_class():
     from multirater_monai.networks import ProSeg
 
@@ -136,9 +171,7 @@ def variant_class():
 
 
 def run_variant(name: str, steps: int, seed: int, data_dir: Path, qubiq_root: Path, log_every: int = 50) -> dict:
-    from monai.data import CacheDataset, DataLoader
-    from monai.transforms import Compose, RandFlipd, RandRotate90d
-    from monai.utils import set_determinism
+    from monai.data import DataLoader
 
     from multirater_monai.metrics.set_metrics import (dice_matrix, dice_per_rater_from_matrix,
                                                       generalized_energy_distance, soft_dice)
@@ -157,13 +190,7 @@ def run_variant(name: str, steps: int, seed: int, data_dir: Path, qubiq_root: Pa
     settings = dict(VARIANTS[name])
     lr = settings.pop("lr", 1e-3)
     tau_lr = settings.pop("tau_lr", None)
-    set_determinism(seed)
-    train, val, pre = qubiq_split(data_dir, qubiq_root)
-    augment = Compose([pre, RandFlipd(["image", "label"], prob=0.5, spatial_axis=0),
-                       RandFlipd(["image", "label"], prob=0.5, spatial_axis=1),
-                       RandRotate90d(["image", "label"], prob=0.5, max_k=3)])
-    loader = DataLoader(CacheDataset(train, augment, progress=False), batch_size=16, shuffle=True)
-    val_data = CacheDataset(val, pre, progress=False)
+    loader, val_data = qubiq_loaders(seed, data_dir, qubiq_root)
     net = variant_class().build(backbone=cpu_backbone(), **{**CPU_NETWORK, "num_samples": 16, **settings})
     if tau_lr is None:
         optimizer = torch.optim.Adam(net.parameters_to_train(), lr=lr)
@@ -171,22 +198,14 @@ def run_variant(name: str, steps: int, seed: int, data_dir: Path, qubiq_root: Pa
         tau_params = list(net.tau_embedding.parameters())
         rest = [p for p in net.parameters_to_train() if all(p is not q for q in tau_params)]
         optimizer = torch.optim.Adam([{"params": rest}, {"params": tau_params, "lr": tau_lr}], lr=lr)
-    step, start, history, curve = 0, time.time(), [], {}
-    while step < steps:
-        for batch in loader:
-            terms = net.train().training_objective(batch["image"], batch["label"], batch.get("rater_mask"))
-            optimizer.zero_grad()
-            terms["loss"].backward()
-            optimizer.step()
-            step += 1
-            history.append({k: float(v) for k, v in terms.items()})
-            if step % log_every == 0 or step == steps:
-                mean = {k: np.mean([h[k] for h in history[-log_every:]]) for k in history[-1]}
-                curve[step] = val_dice_mean()  # when the masks leave the all-background answer
-                print(f"  [{name}] step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in mean.items())
-                      + f" val Dice_mean {curve[step]:.3f} ({time.time() - start:.0f} s)", flush=True)
-            if step >= steps:
-                break
+    start, curve = time.time(), {}
+
+    def log(step: int, mean: dict) -> None:
+        curve[step] = val_dice_mean()  # when the masks leave the all-background answer
+        print(f"  [{name}] step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in mean.items())
+              + f" val Dice_mean {curve[step]:.3f} ({time.time() - start:.0f} s)", flush=True)
+
+    history = fit_steps(net, loader, optimizer, steps, log_every, log)
     result = {"variant": name, "seed": seed, "steps": steps, "minutes": (time.time() - start) / 60,
               "val_dice_mean_by_step": curve}
     result["val_dice_mean_zmean"] = curve[steps]  # the last point of the curve: z = mean of q(z | x)

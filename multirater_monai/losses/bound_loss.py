@@ -9,7 +9,8 @@ PRESENT annotations:
 The minimum/maximum is taken over LOGITS and the Dice loss applies the sigmoid afterwards; since the
 sigmoid is monotone, ``sigmoid(min_k l_k) == min_k sigmoid(l_k)`` exactly, so this equals the
 min/max of probabilities. The Dice is the one of eq. 4, by default
-:class:`~multirater_monai.losses.BinaryGeneralizedDiceLoss` (batch-level, so empty bounds train). min/max is differentiable almost everywhere (the gradient
+:class:`~multirater_monai.losses.BinaryGeneralizedDiceLoss` (batch-level, so empty bounds train).
+min/max is differentiable almost everywhere (the gradient
 goes to the sample that attains it), which is what pushes individual samples toward the bounds.
 
 Missing raters (``rater_mask`` False) take no part: they count as 1 in the intersection and 0 in

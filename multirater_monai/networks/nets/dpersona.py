@@ -158,7 +158,8 @@ class DPersona(ProbabilisticUNet):
         if prior_channels is None and backbone.encoder == "resnet34":
             # the paper does not list the encoders' widths; the published configuration's 16-32-64-128-256
             # (3 convolutions per level) gives the paper's parameter count (see the bundle README), where
-            # Kohl et al.'s 32-64-128-192 costs 2.8x the encoder work for fewer parameters
+            # Kohl et al.'s 32-64-128-192 costs 2.8x the encoder work for fewer
+            # parameters (93 against 33 GFLOP per step, issue 18's count)
             prior_channels = DPERSONA_ENCODER_CHANNELS
         parts = build_latent_parts(num_raters, backbone, latent_dim, prior_channels, convs_per_block, head_hidden,
                                    head_convs)
