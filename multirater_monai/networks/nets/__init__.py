@@ -1,6 +1,7 @@
 """The method networks, one module each; every one implements :class:`~multirater_monai.networks.MultiRaterMethod`."""
 
 from .avap import AVAP, AVAP_OUTPUT_MODES
+from .confusion_matrix_net import CM_MODES, CM_OUTPUT_MODES, ConfusionMatrixNet
 from .dpersona import OUTPUT_MODES, DPersona
 from .fusion_unet import FusionUNet
 from .mh_unet import MultiHeadUNet
@@ -10,6 +11,9 @@ from .proseg import PROSEG_OUTPUT_MODES, ProSeg
 __all__ = [
     "AVAP",
     "AVAP_OUTPUT_MODES",
+    "ConfusionMatrixNet",
+    "CM_MODES",
+    "CM_OUTPUT_MODES",
     "DPersona",
     "OUTPUT_MODES",
     "FusionUNet",
