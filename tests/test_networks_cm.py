@@ -107,7 +107,8 @@ def test_output_groups_and_calibrated_map():
     both = net(image)
     assert net.output_groups() == {"personalized": 6, "consensus": 2} and torch.allclose(both[:, :6], per_rater)
     out = net.split_outputs(both[0])
-    assert torch.equal(out["calibrated"], out["consensus"]) and torch.allclose(out["consensus"], torch.sigmoid(both[0, 6:]))
+    assert torch.equal(out["calibrated"], out["consensus"])
+    assert torch.allclose(out["consensus"], torch.sigmoid(both[0, 6:]))
     net.set_output_mode("true_label")
     out = net.split_outputs(net(image)[0])
     assert torch.equal(out["personalized"][3:], out["consensus"][1:].expand(3, -1, -1))  # structure 2, A1..A3

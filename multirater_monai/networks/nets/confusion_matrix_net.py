@@ -144,7 +144,7 @@ class ConfusionMatrixNet(MultiRaterMethod):
     @classmethod
     def build(cls, num_raters: int = 4, num_structures: int = 1, backbone: BackboneConfig | None = None,
               **kwargs: Any) -> ConfusionMatrixNet:
-        """The whole network from plain arguments; ``kwargs`` go to the constructor (``mode``, ``trace_weight``, ...)."""
+        """The whole network from plain arguments; ``kwargs`` go to the constructor (``mode``, ``trace_weight``...)."""
         config = backbone or BackboneConfig()
         return cls(config.build(), num_raters, config.feature_channels, num_structures=num_structures,
                    spatial_dims=config.spatial_dims, **kwargs)
