@@ -273,7 +273,8 @@ class Pionono(MultiRaterMethod):
         label, rater_mask = check_multirater_batch(image, label, rater_mask, self.num_raters)
         if not bool(rater_mask.any()):
             raise MultiRaterDataError(
-                "no rater annotated any sample of the batch (rater_mask all False); drop such samples from the datalist."
+                "no rater annotated any sample of the batch (rater_mask all False); "
+                "drop such samples from the datalist."
             )
         b, m, r, d = image.shape[0], self.num_mc_samples, self.num_raters, self.latent_dim
         features = self.backbone(image)
