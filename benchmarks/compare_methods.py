@@ -9,7 +9,8 @@ table (markdown printed, CSV and JSON saved). Two suites:
 * ``--suite dpersona`` (the D-Persona and ProSeg papers' comparison): ``unet_fusion`` with majority vote,
   random rater and STAPLE (and with ``--per-rater`` one U-Net per rater), ``prob_unet`` with 10/30/50
   samples, ``dpersona`` Stage I with 10/30/50 samples and Stage II, ``proseg`` personalized, personalized
-  with 50 samples and prior; ``--ablation`` adds ProSeg without tau / Z / both (ProSeg Table 2).
+  with 50 samples and prior; ``--ablation`` adds ProSeg without tau / Z / both (ProSeg Table 2) and with
+  one image encoder head per rater instead of one shared by the raters.
 * ``--suite avap`` (the AVAP paper's Tables II and IV): ``avap``, its controller ablations "code only"
   and "features only", ``mh_unet``, and ``unet_fusion`` with majority vote and with each rater
   (M1..MR). Every method is scored by the same 'Mean Voting' / 'Average' table
@@ -104,6 +105,7 @@ def methods(suite: str, num_raters: int, per_rater: bool, ablation: bool) -> lis
         runs += [(f"ProSeg without {name}", "proseg", switches) for name, switches in (
             ("tau", ["--use_tau", "False"]), ("Z", ["--use_z", "False"]),
             ("tau and Z", ["--use_tau", "False", "--use_z", "False"]))]
+        runs += [("ProSeg with one encoder per rater", "proseg", ["--network_def#rater_encoders", "True"])]
     return runs
 
 
@@ -206,6 +208,10 @@ CLAIMS = {
          "ProSeg (prior, 50 samples)", "ProSeg without tau and Z (prior, 50 samples)", "ged", False),
         ("ProSeg needs its latents: with tau and Z its personalized Dice_mean is higher than without both",
          "ProSeg (personalized)", "ProSeg without tau and Z (personalized)", "dice_mean", True),
+        ("ProSeg with one image encoder per rater (the paper's phi_i with their own heads) has more different personalized outputs than with one shared encoder",
+         "ProSeg with one encoder per rater (personalized)", "ProSeg (personalized)", "d_pp", True),
+        ("ProSeg with one image encoder per rater has a higher personalized Dice_mean than with one shared encoder",
+         "ProSeg with one encoder per rater (personalized)", "ProSeg (personalized)", "dice_mean", True),
     ],
     "avap": [
         ("AVAP's calibrated map beats the majority-vote U-Net on Mean Voting (AVAP Table II)",
@@ -315,7 +321,8 @@ def main() -> None:
     parser.add_argument("--stage2-epochs", type=int, default=10)
     parser.add_argument("--val-interval", type=int, default=2)
     parser.add_argument("--per-rater", action="store_true", help="dpersona suite: also train one U-Net per rater")
-    parser.add_argument("--ablation", action="store_true", help="dpersona suite: also ProSeg without tau, Z, both")
+    parser.add_argument("--ablation", action="store_true",
+                        help="dpersona suite: also ProSeg without tau, Z, both, and with one encoder per rater")
     parser.add_argument("--equal-steps", action="store_true",
                         help="one-stage methods train --epochs + --stage2-epochs (same steps as two-stage ones)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],

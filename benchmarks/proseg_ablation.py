@@ -62,6 +62,7 @@ VARIANTS = {
     "narrow-z+dilated": dict(predictor_dilation=(1, 3)),
     "narrow-z+kl-warmup": dict(kl_z_warmup_steps=100),
     "narrow-z+tau-distinct": dict(tau_distinct=10.0),
+    "narrow-z+rater-encoders": dict(rater_encoders=True),
     "rater-blind": dict(use_tau=False, use_z=False),
 }
 
@@ -159,12 +160,13 @@ def variant_class():
             if self.output_mode != "personalized" or not self.z_draws:
                 return super().forward(image)
             mu, log_sigma = self._z_params(self.backbone(image))
+            raters = torch.arange(self.num_raters)
+            mu, sigma = self._per_output(mu, raters), torch.exp(self._per_output(log_sigma, raters))
             alpha = self.tau_concentration()
             tau = (alpha / alpha.sum(-1, keepdim=True)).unsqueeze(0).expand(mu.shape[0], -1, -1)
             probs = 0
             for _ in range(self.z_draws):  # eq. 10: the mean probability over draws of z
-                noise = torch.randn(mu.shape[0], self.num_raters, *mu.shape[1:])
-                probs = probs + torch.sigmoid(self._predict(mu.unsqueeze(1) + torch.exp(log_sigma).unsqueeze(1) * noise, tau))
+                probs = probs + torch.sigmoid(self._predict(mu + sigma * torch.randn_like(mu), tau))
             return torch.logit((probs / self.z_draws).clamp(1e-6, 1 - 1e-6))
 
     return ProSegVariant

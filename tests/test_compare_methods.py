@@ -64,7 +64,7 @@ def test_only_selects_by_word_or_by_exact_label():
     keep = [label for label in labels if compare.selected(label, ["U-Net (", "=ProSeg"])]
     assert keep == ["U-Net (majority vote)", "U-Net (random rater)", "U-Net (STAPLE)", "U-Net (A1)", "U-Net (A2)", "ProSeg"]
     assert [label for label in labels if compare.selected(label, ["proseg"])] == [
-        "ProSeg", "ProSeg without tau", "ProSeg without Z", "ProSeg without tau and Z"]
+        "ProSeg", "ProSeg without tau", "ProSeg without Z", "ProSeg without tau and Z", "ProSeg with one encoder per rater"]
     assert compare.selected("Prob. U-Net", None)
 
 

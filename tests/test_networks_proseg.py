@@ -19,7 +19,7 @@ def _net(**kwargs):
 
 
 def test_kl_terms_match_closed_forms_and_torch_distributions():
-    net = _net()
+    net = _net(rater_encoders=True)
     with torch.no_grad():
         net.tau_embedding.weight.copy_(torch.tensor([[0.5, -1.0, 2.0, 0.0, 0.3, 1.0, -0.2, 0.7]] * 3)
                                        + torch.arange(3.0)[:, None])
@@ -34,8 +34,42 @@ def test_kl_terms_match_closed_forms_and_torch_distributions():
     assert torch.allclose(terms["kl_tau"], kl_divergence(Dirichlet(a), Dirichlet(torch.ones_like(a))).mean(), atol=1e-5)
     # KL(N(mu, s) || N(0, 1)) per element = (mu^2 + s^2 - 1) / 2 - ln s, averaged over elements and raters
     mu, log_sigma = net._z_params(net.backbone(image))
+    assert mu.shape == (2, 3, 2, 8, 8)  # one q(z_i | x) per rater
     by_hand_z = 0.5 * (mu.pow(2) + torch.exp(2 * log_sigma) - 1) - log_sigma
     assert torch.allclose(terms["kl_z"], by_hand_z.mean(), atol=1e-5)
+    # a missing rater's KL takes no part: image 0 without rater 1 -> 5 of the 6 per-rater KLs
+    mask = torch.tensor([[True, False, True], [True, True, True]])
+    per_rater = by_hand_z.flatten(2).mean(-1)
+    expected = (per_rater.sum() - per_rater[0, 1]) / 5
+    assert torch.allclose(net.training_objective(image, label, mask)["kl_z"], expected, atol=1e-5)
+
+
+def test_per_rater_image_encoders_and_prior_samples_use_the_classifiers_rater():
+    """``rater_encoders=True`` (the paper's phi_i with their own heads, section 4.2): rater r's personalized output depends on its own head of q(z_r | x)
+    only; a prior sample takes z from the encoder of the rater that p(r | tau) names (eq. 11)."""
+    net = _net(output_mode="personalized+prior", rater_encoders=True).eval()  # 3 raters, z 2 channels, 6 prior samples
+    image = torch.randn(2, 1, 8, 8)
+
+    def outputs_after_changing_encoder(i):
+        changed = _net(output_mode="personalized+prior", rater_encoders=True).eval()
+        changed.load_state_dict(net.state_dict())
+        with torch.no_grad():  # mu and log_sigma channels of encoder i: [i*2, i*2+1] and 6 + [i*2, i*2+1]
+            for c in (2 * i, 2 * i + 1, 6 + 2 * i, 6 + 2 * i + 1):
+                changed.z_head.weight[c] += 1.0
+            return changed(image)
+
+    with torch.no_grad():
+        net.classifier[-1].weight.zero_()
+        net.classifier[-1].bias.copy_(torch.tensor([0.0, 0.0, 5.0]))  # p(r | tau) names rater 2 for every tau
+        base = net(image)
+    changed_1 = outputs_after_changing_encoder(1)
+    assert torch.equal(changed_1[:, [0, 2]], base[:, [0, 2]])  # raters 0 and 2 do not use encoder 1
+    assert not torch.allclose(changed_1[:, 1], base[:, 1])
+    assert torch.equal(changed_1[:, 3:], base[:, 3:])  # nor do the prior samples (all named rater 2)
+    changed_2 = outputs_after_changing_encoder(2)
+    assert not torch.allclose(changed_2[:, 3:], base[:, 3:])
+    shared = _net()  # the default: one head for all raters
+    assert shared._z_params(shared.backbone(image))[0].shape == (2, 1, 2, 8, 8)
 
 
 def test_loss_is_the_sum_of_its_terms_and_missing_raters_take_no_part():
@@ -137,7 +171,7 @@ def test_learns_rater_identity_and_style_on_synthetic_raters():
     starting at 1 (``initial_z_sigma=None``) personalized was [0.63, 0.83, 0.90, 0.75].
     """
     test = synthetic_tensors(32, 1, 32)
-    net, blind = _train_on_synthetic_raters(), _train_on_synthetic_raters(use_tau=False)
+    net, blind = _train_on_synthetic_raters(), _train_on_synthetic_raters(use_tau=False, rater_encoders=False)
     with torch.no_grad():
         # the classifier recovers the rater from tau drawn from q(tau | r)
         tau = net.tau_posterior().sample((200,))  # (200, R, D)

@@ -19,13 +19,15 @@ Choices where the paper is loose (appendix C.2: "tau 8, Z 128 x 128", U-Net enco
 fully connected class embedding and classifier, convolutional predictor), all constructor
 arguments:
 
-* one image encoder q(z | x) (a U-Net feature backbone and a 1x1 head giving the mean and
-  log-sigma of a ``z_channels`` x H x W map: z is a full-resolution map, as "Z 128 x 128" says);
-  each rater's z_i is its own draw from it, and one image decoder (two 3x3 convolutions) maps each
-  z_i back to the image. With one encoder per rater (the paper's phi_i) z_i alone would tell the
-  predictor which rater it serves, tau would carry nothing, and its KL would pull every q(tau | r)
-  onto the prior: measured on synthetic raters, the classifier then recovered the rater from tau
-  for only 45 % of draws. With a shared encoder the rater's preference can only come from tau;
+* the image encoders q(z_i | x) (the paper's phi_1 .. phi_N, section 4.2, Fig. 3) share their
+  parameters: one U-Net feature backbone and one 1x1 head giving the mean and log-sigma of a
+  ``z_channels`` x H x W map (z_i is a full-resolution map, as "Z 128 x 128" says); each rater's
+  z_i is its own draw from it, and one image decoder (two 3x3 convolutions) maps each z_i back to
+  the image. The paper does not say whether the phi_i share parameters. ``rater_encoders=True``
+  gives each rater its own 1x1 head on the shared backbone; on QUBIQ brain growth (three seeds, the
+  comparison's budget) it made the personalized masks differ more but scored lower on every set
+  metric, its samples far noisier than the raters (bundles/proseg/docs/comparison.md), so the
+  shared encoder is the default;
 * the loss is the ELBO of eq. 7 divided by the number of pixels P: segmentation CE, image MSE and
   the KL of Z are per-pixel means, and the two per-rater terms (rater CE and the KL of tau) are
   divided by P. Equal weights per pixel, as in the ELBO; it matters: with the KL of tau weighted
@@ -39,9 +41,8 @@ Inference ``forward(image) -> (B, S, *sp)`` logits, by ``output_mode``:
 * ``"personalized"``: one output per rater (S = R): tau = mean of q(tau | r), z = mean of q(z_r | x);
 * ``"samples"``: personalized samples, sample s for rater ``s mod R``, z sampled from q(z_r | x)
   (the diversity that image ambiguity gives), tau the mean of q(tau | r);
-* ``"prior"``: tau sampled from the prior Dir(alpha_0), z sampled from q(z | x) (the paper's
-  "ProSeg (prior)"; the paper then takes the z of the rater that the classifier names, which with
-  one shared encoder is the same distribution). :meth:`identify_raters` names that rater;
+* ``"prior"``: tau sampled from the prior Dir(alpha_0) and z sampled from q(z_i | x) of the rater i
+  that the classifier p(r | tau) names for that tau (eq. 11; :meth:`identify_raters`);
 * ``"personalized+prior"``: both in one pass, R personalized outputs then S prior samples (the
   bundle's inference output: per-rater masks, and samples for the agreement map).
 
@@ -94,6 +95,8 @@ class ProSeg(MultiRaterMethod):
         hidden: channels of the decoders and the predictor.
         num_samples: S of the ``"samples"`` and ``"prior"`` modes.
         recon_weight, class_weight, seg_weight, kl_z_weight, kl_tau_weight: loss weights (all 1 in eq. 9).
+        rater_encoders: one head of q(z_i | x) per rater, or one shared by all raters (default; see the module docstring).
+            Only with ``use_z``: without Z there is no distribution per rater, and z is one deterministic map.
         initial_z_sigma: sigma of q(z | x) at initialisation (the bias of the log-sigma head; None: PyTorch's
             default, sigma about 1). The paper does not state it. At sigma 1 the image's signal in z (mean
             |mu| about 0.2) is buried under unit noise from the first step, the KL of Z keeps it there, and on
@@ -132,6 +135,7 @@ class ProSeg(MultiRaterMethod):
         kl_tau_weight: float = 1.0,
         kl_z_warmup_steps: int = 0,
         initial_z_sigma: float | None = 0.05,
+        rater_encoders: bool = False,
         use_tau: bool = True,
         use_z: bool = True,
         output_mode: str = "personalized",
@@ -142,13 +146,16 @@ class ProSeg(MultiRaterMethod):
         r = self.num_raters
         self.in_channels, self.z_channels, self.tau_dim = in_channels, z_channels, tau_dim
         self.backbone = backbone
-        # q(z | x): a 1x1 head on the features -> (mu, log_sigma) of the latent map
-        self.z_head = conv(feature_channels, 2 * z_channels, kernel_size=1)
+        # q(z_i | x): a 1x1 head on the features -> (mu, log_sigma) of each encoder's latent map; channels
+        # [mu_1, .., mu_E, log_sigma_1, .., log_sigma_E], E = R encoders (phi_i) or one shared
+        self.rater_encoders = bool(rater_encoders) and bool(use_z)
+        self.num_encoders = r if self.rater_encoders else 1
+        self.z_head = conv(feature_channels, 2 * self.num_encoders * z_channels, kernel_size=1)
         if initial_z_sigma is not None:
             if not initial_z_sigma > 0:
                 raise ValueError(f"initial_z_sigma must be positive (or None), got {initial_z_sigma}.")
             with torch.no_grad():
-                self.z_head.bias[z_channels:].fill_(math.log(float(initial_z_sigma)))
+                self.z_head.bias[self.num_encoders * z_channels:].fill_(math.log(float(initial_z_sigma)))
         # p(x | z_i)
         self.image_decoder = nn.Sequential(
             conv(z_channels, hidden, kernel_size=3, padding=1), nn.ReLU(inplace=True),
@@ -229,9 +236,17 @@ class ProSeg(MultiRaterMethod):
         return Dirichlet(alpha)
 
     def _z_params(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """mu and log_sigma of q(z | x): each (B, z_channels, *sp)."""
+        """mu and log_sigma of q(z_i | x): each (B, E, z_channels, *sp), E = R encoders or 1 shared."""
         params = self.z_head(features)
-        return params[:, : self.z_channels], params[:, self.z_channels :]
+        shape = [params.shape[0], 2, self.num_encoders, self.z_channels] + list(params.shape[2:])
+        params = params.view(shape)
+        return params[:, 0], params[:, 1]
+
+    def _per_output(self, params: torch.Tensor, raters: torch.Tensor) -> torch.Tensor:
+        """(B, S, z_channels, *sp): the encoder of ``raters[s]`` for output s (the shared one when E = 1)."""
+        if self.rater_encoders:
+            return params[:, raters]
+        return params.expand([-1, int(raters.shape[0])] + list(params.shape[2:]))
 
     def _predictor_input(self, z: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         """``[z_i, tile(tau_i)]``: (B * S, z_channels + tau_dim, *sp) for z (B, S, z_channels, *sp), tau (B, S, tau_dim)."""
@@ -276,16 +291,19 @@ class ProSeg(MultiRaterMethod):
             return self._personalized(mu, tau_mean)
         if self.output_mode == "samples":
             raters = torch.arange(self.num_samples, device=image.device) % self.num_raters
-            return self._sampled(mu, log_sigma, tau_mean[raters])
-        prior = self._sampled(mu, log_sigma, self._prior_tau())
+            return self._sampled(mu, log_sigma, tau_mean[raters], raters)
+        tau = self._prior_tau()
+        # eq. 11: z from the encoder of the rater that the classifier names for each prior tau
+        prior = self._sampled(mu, log_sigma, tau, self.classifier(tau).argmax(-1))
         if self.output_mode == "prior":
             return prior
         return torch.cat([self._personalized(mu, tau_mean), prior], dim=1)  # "personalized+prior"
 
     def _personalized(self, mu: torch.Tensor, tau_mean: torch.Tensor) -> torch.Tensor:
-        """R outputs: rater r's mean tau with the mean of q(z | x)."""
-        z_mean = mu.unsqueeze(1).expand([-1, self.num_raters] + list(mu.shape[1:]))
-        return self._predict_inference(z_mean, tau_mean.unsqueeze(0).expand(mu.shape[0], -1, -1))
+        """R outputs: rater r's mean tau with the mean of q(z_r | x)."""
+        raters = torch.arange(self.num_raters, device=mu.device)
+        return self._predict_inference(self._per_output(mu, raters),
+                                       tau_mean.unsqueeze(0).expand(mu.shape[0], -1, -1))
 
     def _prior_tau(self) -> torch.Tensor:
         """(S, tau_dim) draws of the prior Dir(alpha_0): the fixed buffer, or fresh ones."""
@@ -295,18 +313,19 @@ class ProSeg(MultiRaterMethod):
             tau = gamma / gamma.sum(-1, keepdim=True)
         return tau
 
-    def _sampled(self, mu: torch.Tensor, log_sigma: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        """S outputs: sample s has tau[s] (S, tau_dim) and its own per-pixel draw of z from q(z | x)."""
-        z = mu.unsqueeze(1).expand([-1, self.num_samples] + list(mu.shape[1:]))
+    def _sampled(self, mu: torch.Tensor, log_sigma: torch.Tensor, tau: torch.Tensor, raters: torch.Tensor) -> torch.Tensor:
+        """S outputs: sample s has tau[s] (S, tau_dim) and its own per-pixel draw of z from q(z_i | x),
+        i = raters[s]."""
+        z = self._per_output(mu, raters)
         if self.use_z:
-            shape = [self.num_samples] + list(mu.shape[1:])  # (S, z_channels, *sp), shared by the batch
+            shape = [self.num_samples] + list(z.shape[2:])  # (S, z_channels, *sp), shared by the batch
             if self.random_sampling:
                 noise = torch.randn(shape, device=mu.device, dtype=mu.dtype)
             else:
                 generator = torch.Generator(device=mu.device)
                 generator.manual_seed(self.noise_seed)
                 noise = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)
-            z = z + torch.exp(log_sigma).unsqueeze(1) * noise.unsqueeze(0)
+            z = z + torch.exp(self._per_output(log_sigma, raters)) * noise.unsqueeze(0)
         return self._predict_inference(z, tau.unsqueeze(0).expand(mu.shape[0], -1, -1))
 
     @torch.jit.unused
@@ -327,16 +346,21 @@ class ProSeg(MultiRaterMethod):
         mu, log_sigma = self._z_params(self.backbone(image))
         zero = torch.zeros((), device=image.device)
 
+        raters = torch.arange(r, device=image.device)
         if self.use_z:
+            mu, log_sigma = self._per_output(mu, raters), self._per_output(log_sigma, raters)  # (B, R, C, *sp)
             posterior_z = Normal(mu, torch.exp(log_sigma))
-            z = posterior_z.rsample((r,)).transpose(0, 1)  # (B, R, z_channels, *sp): one draw per rater
-            # every z_i has the same q(z | x): the per-rater KLs are equal, their mean is this one
-            kl_z = kl_divergence(posterior_z, Normal(torch.zeros_like(mu), torch.ones_like(mu))).mean()
+            # one draw per rater, noise drawn rater-major: with a shared encoder the draws of 0.2.x exactly
+            noise = torch.randn([r] + [b] + list(mu.shape[2:]), device=mu.device, dtype=mu.dtype).transpose(0, 1)
+            z = mu + torch.exp(log_sigma) * noise
+            # KL(q(z_i | x) || N(0, I)) per rater: the mean over z_i's elements, over the present raters
+            kl_each = kl_divergence(posterior_z, Normal(torch.zeros_like(mu), torch.ones_like(mu))).flatten(2).mean(-1)
+            kl_z = (kl_each * present).sum() / n_present
             decoded = self.image_decoder(z.flatten(0, 1)).view(b, r, self.in_channels, *image.shape[2:])
             recon_each = (decoded - image.unsqueeze(1)).pow(2).flatten(2).mean(-1)  # (B, R)
             recon = (recon_each * present).sum() / n_present
         else:
-            z, kl_z, recon = mu.unsqueeze(1).expand(b, r, *mu.shape[1:]), zero, zero
+            z, kl_z, recon = self._per_output(mu, raters), zero, zero
 
         if self.use_tau:
             posterior_tau = self.tau_posterior()
