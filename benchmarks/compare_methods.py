@@ -9,7 +9,8 @@ table (markdown printed, CSV and JSON saved). Two suites:
 * ``--suite dpersona`` (the D-Persona and ProSeg papers' comparison): ``unet_fusion`` with majority vote,
   random rater and STAPLE (and with ``--per-rater`` one U-Net per rater), ``prob_unet`` with 10/30/50
   samples, ``dpersona`` Stage I with 10/30/50 samples and Stage II, ``proseg`` personalized, personalized
-  with 50 samples and prior; ``--ablation`` adds ProSeg without tau / Z / both (ProSeg Table 2) and with
+  with 50 samples and prior, and the baselines of the papers' tables ``cm_global``, ``cm_pixel`` (per-rater
+  outputs, and the true label p for every rater) and ``pionono`` (personalized, mixture samples); ``--ablation`` adds ProSeg without tau / Z / both (ProSeg Table 2) and with
   one image encoder head per rater instead of one shared by the raters.
 * ``--suite avap`` (the AVAP paper's Tables II and IV): ``avap``, its controller ablations "code only"
   and "features only", ``mh_unet``, and ``unet_fusion`` with majority vote and with each rater
@@ -100,7 +101,8 @@ def methods(suite: str, num_raters: int, per_rater: bool, ablation: bool) -> lis
     if per_rater:
         runs += [(f"U-Net (A{k + 1})", "unet_fusion", ["--fusion", "rater", "--fusion_rater", str(k)])
                  for k in range(num_raters)]
-    runs += [("Prob. U-Net", "prob_unet", []), ("D-Persona", "dpersona", []), ("ProSeg", "proseg", [])]
+    runs += [("Prob. U-Net", "prob_unet", []), ("D-Persona", "dpersona", []), ("ProSeg", "proseg", []),
+             ("CM-Global", "cm_global", []), ("CM-Pixel", "cm_pixel", []), ("Pionono", "pionono", [])]
     if ablation:
         runs += [(f"ProSeg without {name}", "proseg", switches) for name, switches in (
             ("tau", ["--use_tau", "False"]), ("Z", ["--use_z", "False"]),
