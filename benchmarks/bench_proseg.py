@@ -2,8 +2,10 @@
 
 Configurations:
 
-* ``paper``: ResNet34-encoder U-Net (FlexibleUNet, 16 feature channels), z 8 channels, hidden 64,
-  tau 8, 128x128, batch 12 (appendix C.2; the bundle's ``train_paper.json``);
+* ``paper``: the bundle's ``train_paper.json`` network (read from it): ResNet34-encoder U-Net
+  (FlexibleUNet, 16 feature channels), z 8 channels, tau 8, its predictor width, 128x128, batch 12
+  (appendix C.2); ``paper-hidden64``: the same with the predictor and image decoder 64 wide (the
+  paper configuration before 0.3.0);
 * ``small128``: the bundle's CPU network (MONAI UNet 16-32-64-128, z 4, hidden 16) at 128x128, batch 12;
 * ``cpu``: the bundle's CPU default as trained: the small network on 64x64 crops, batch 16.
 
@@ -29,14 +31,26 @@ import os
 import subprocess
 import sys
 
-from bench_dpersona import _cpu_model, _median_time, _rss_mb
+from bench_dpersona import _cpu_model, _peak_rss_mib
+from bench_dpersona import _median as _median_time
+
+def _paper_settings() -> dict:
+    """The network of ``bundles/proseg/configs/train_paper.json`` (encoder, z channels, predictor width)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bundles", "proseg", "configs",
+                        "train_paper.json")
+    with open(path) as f:
+        paper = json.load(f)
+    return dict(encoder=paper["backbone#encoder"], z_channels=paper["z_channels"], hidden=paper["network_def#hidden"])
+
 
 CONFIGS = {
-    "paper": dict(encoder="resnet34", z_channels=8, hidden=64),
+    "paper": _paper_settings(),
+    # the paper configuration before 0.3.0 (predictor and image decoder 64 wide): for the cost of the width
+    "paper-hidden64": dict(_paper_settings(), hidden=64),
     "small128": dict(encoder="small", z_channels=4, hidden=16),
     "cpu": dict(encoder="small", z_channels=4, hidden=16),
 }
-WORKLOAD = {"paper": (128, 12), "small128": (128, 12), "cpu": (64, 16)}  # (image side, batch)
+WORKLOAD = {"paper": (128, 12), "paper-hidden64": (128, 12), "small128": (128, 12), "cpu": (64, 16)}  # (image side, batch)
 
 
 def worker(config: str, repeats: int, threads: int) -> dict:
@@ -53,7 +67,7 @@ def worker(config: str, repeats: int, threads: int) -> dict:
     image = torch.randn(batch, 1, size, size)
     label = (torch.rand(batch, 4, size, size) > 0.5).float()
     optimizer = torch.optim.Adam(net.parameters_to_train(), lr=1e-4)
-    result["rss_start_MB"] = _rss_mb()
+    result["rss_start_MiB"] = _peak_rss_mib()
 
     def step():
         net.train()
@@ -63,7 +77,7 @@ def worker(config: str, repeats: int, threads: int) -> dict:
         optimizer.step()
 
     result["step_s"] = _median_time(step, repeats)
-    result["peak_rss_MB"] = _rss_mb()
+    result["peak_rss_MiB"] = _peak_rss_mib()
     one = image[:1]
     net.eval()
     with torch.no_grad():
@@ -104,7 +118,7 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.2f}")
     print(f"workload: 4 raters, tau 8; image side and batch per config {WORKLOAD}; inference on one image of "
           f"that side; median of {args.repeats}\n")
-    print("| config | params (M) | train step (s) | peak RSS (MB) | 4 personalized (ms) | 50 prior samples (ms) "
+    print("| config | params (M) | train step (s) | peak RSS (MiB) | 4 personalized (ms) | 50 prior samples (ms) "
           "| 50 prior samples, one batched call (ms) | bundle output, 4 + 16 (ms) | D-Persona 50 samples (ms) "
           "| ProSeg / D-Persona, 50 samples |")
     print("|---" * 10 + "|")
@@ -113,8 +127,8 @@ def main() -> None:
                "--repeats", str(args.repeats), "--threads", str(args.threads)]
         res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         prior50 = min(res["prior50_ms"], res["prior50_again_ms"])  # the better of two medians, before and after D-Persona
-        print(f"| {config} | {res['params_M']:.2f} | {res['step_s']:.3f} | {res['peak_rss_MB']:.0f} "
-              f"(start {res['rss_start_MB']:.0f}) | {res['personalized4_ms']:.1f} | {prior50:.1f} | "
+        print(f"| {config} | {res['params_M']:.2f} | {res['step_s']:.3f} | {res['peak_rss_MiB']:.0f} "
+              f"(start {res['rss_start_MiB']:.0f}) | {res['personalized4_ms']:.1f} | {prior50:.1f} | "
               f"{res['prior50_batched_ms']:.1f} | {res['bundle_output_ms']:.1f} | {res['dpersona50_ms']:.1f} | "
               f"{prior50 / res['dpersona50_ms']:.2f} |", flush=True)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.distributions import Dirichlet, kl_divergence
@@ -150,6 +152,25 @@ def test_inference_in_chunks_gives_the_logits_of_one_batched_call(spatial_dims):
     assert not torch.equal(one_call, torch.zeros_like(one_call))
     torch.testing.assert_close(chunked, batched, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(one_call, batched, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("use_tau", [True, False])
+@pytest.mark.parametrize("spatial", [(1, 1), (2, 3), (3, 7), (9, 4), (2, 3, 5)])
+def test_inference_predictor_matches_the_training_predictor(spatial, use_tau):
+    """The inference path splits the first convolution into its z and tau parts and computes tau's
+    response on a map of at most 3 voxels per side: on every size (also 1, 2 and 3 voxels, where each
+    voxel meets the padding) its logits are those of the predictor the training path runs."""
+    backbone = BackboneConfig(channels=(4, 8), feature_channels=4, spatial_dims=len(spatial))
+    net = _net(backbone=backbone, use_tau=use_tau).eval()
+    torch.manual_seed(1)
+    z = torch.randn((2, 5, net.z_channels) + spatial)
+    tau = torch.distributions.Dirichlet(torch.ones(net.tau_dim)).sample((2, 5))
+    with torch.no_grad():
+        reference = net._predict(z, tau)
+        net.inference_chunk_voxels = 3 * math.prod(spatial)  # chunks of 3 maps: 4 chunks for 10 maps
+        fast = net._predict_inference(z, tau)
+    assert fast.shape == (2, 5) + spatial
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
 
 
 def _train_on_synthetic_raters(**kwargs) -> ProSeg:

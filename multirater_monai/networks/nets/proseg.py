@@ -262,25 +262,89 @@ class ProSeg(MultiRaterMethod):
         return logits.view([z.shape[0], z.shape[1]] + list(z.shape[3:]))
 
     def _predict_inference(self, z: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        """The same logits as :meth:`_predict`, computed for inference in chunks of about
-        ``inference_chunk_voxels`` voxels in the channels-last layout.
+        """The same logits as :meth:`_predict`, computed for inference without the work that repeats.
 
-        Every sample runs the full-resolution predictor, so 50 samples cost 50 predictor passes; in one
-        batched call their hidden maps (50 x hidden x H x W, 210 MB for the paper network) fit no cache.
-        Chunks of a few maps in channels-last (oneDNN's native layout on CPU) ran the 50 prior samples of
-        the paper network 2.4x faster on 2 CPU cores (1211 -> 502 ms, benchmarks/bench_proseg.py); the
-        arithmetic and the samples are the same, the logits agree to float rounding."""
-        x = self._predictor_input(z, tau)
-        memory_format = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        Every sample runs the full-resolution predictor, so 50 samples cost 50 predictor passes. Three
+        things make each pass cheaper without changing its arithmetic (the logits agree with
+        :meth:`_predict` to float rounding, ``tests/test_networks_proseg.py``):
+
+        * the first convolution is split into its z part and its tau part: tile(tau) is constant over
+          the image, so its response differs only where the 3x3 kernel meets the zero padding; it is
+          computed on a 3x3 map per sample and added region by region (border, inside), and only z's channels are
+          convolved at full resolution (half the input channels of the paper network's first layer);
+        * the maps run in chunks of about ``inference_chunk_voxels`` voxels in the channels-last layout
+          (oneDNN's native layout on CPU): in one batched call their hidden maps (50 x hidden x H x W)
+          fit no cache;
+        * the last 1x1 convolution (hidden -> 1) is a matrix-vector product over the channels-last maps.
+
+        On 2 CPU cores this took the paper network's 50 prior samples from 1211 ms (one batched call) to
+        about a quarter of that (``benchmarks/bench_proseg.py``)."""
+        first, second, last = self.predictor[0], self.predictor[2], self.predictor[4]
+        b, s, zc = z.shape[0], z.shape[1], self.z_channels
+        spatial = list(z.shape[3:])
+        z = z.reshape([b * s, zc] + spatial)
+        tau = tau.reshape(b * s, self.tau_dim)
+        if not self.use_tau:
+            tau = torch.zeros_like(tau)
+        # the tau part of the first 3x3 convolution (padding 1) on a map of at most 3 voxels per side:
+        # voxel 0 and the last voxel of each axis meet the padding, every inner voxel sees what the
+        # middle one does; so the image splits into at most 3 regions per axis (first, inner, last),
+        # and each region gets its voxel of the small map added in place (one broadcast add each)
+        small = [min(size, 3) for size in spatial]
+        tau_map = tau.reshape([b * s, self.tau_dim] + [1] * len(spatial)).expand([-1, -1] + small)
+        if len(spatial) == 2:
+            tau_response = F.conv2d(tau_map, first.weight[:, zc:], first.bias, padding=1)
+        else:
+            tau_response = F.conv3d(tau_map, first.weight[:, zc:], first.bias, padding=1)
+        no_axis: list[int] = []
+        regions: list[list[int]] = [no_axis]  # per region: (voxel of the small map, start, length) per axis
+        for axis, size in enumerate(spatial):
+            grown: list[list[int]] = []
+            for region in regions:
+                for voxel in range(small[axis]):
+                    if voxel == 0:
+                        begin, length = 0, 1
+                    elif voxel == small[axis] - 1:
+                        begin, length = size - 1, 1
+                    else:
+                        begin, length = 1, size - 2
+                    grown.append(region + [voxel, begin, length])
+            regions = grown
+        memory_format = torch.channels_last if len(spatial) == 2 else torch.channels_last_3d
         voxels = 1
-        for size in x.shape[2:]:
-            voxels *= int(size)
+        for size in spatial:
+            voxels *= size
         chunk = max(1, self.inference_chunk_voxels // voxels)
+        w_last, b_last = last.weight.reshape(-1, 1), last.bias  # (hidden, 1), (1,)
+        assert b_last is not None  # the predictor's convolutions have biases (also refines the type for TorchScript)
         outputs: list[torch.Tensor] = []
-        for part in torch.split(x, chunk):
-            outputs.append(self.predictor(part.contiguous(memory_format=memory_format)))
-        logits = torch.cat(outputs).contiguous()
-        return logits.view([z.shape[0], z.shape[1]] + list(z.shape[3:]))
+        # torch.split, not slicing: the input may be a MONAI MetaTensor, whose slices along the batch
+        # dimension try to split its metadata per item
+        z_parts, tau_parts = torch.split(z, chunk), torch.split(tau_response, chunk)
+        for index in range(len(z_parts)):
+            part = z_parts[index].contiguous(memory_format=memory_format)
+            if len(spatial) == 2:
+                hidden = F.conv2d(part, first.weight[:, :zc], None, padding=1)
+            else:
+                hidden = F.conv3d(part, first.weight[:, :zc], None, padding=1)
+            tau_part = tau_parts[index]
+            for region in regions:
+                target, source = hidden, tau_part
+                for axis in range(len(spatial)):
+                    voxel, begin, length = region[3 * axis], region[3 * axis + 1], region[3 * axis + 2]
+                    target = target.narrow(axis + 2, begin, length)
+                    source = source.narrow(axis + 2, voxel, 1)
+                target.add_(source)
+            hidden = torch.relu_(hidden).contiguous(memory_format=memory_format)
+            if len(spatial) == 2:
+                hidden = F.conv2d(hidden, second.weight, second.bias, padding=1)
+            else:
+                hidden = F.conv3d(hidden, second.weight, second.bias, padding=1)
+            hidden = torch.relu_(hidden)
+            # channels last: (n, C, *sp) viewed as (n, *sp, C), one matrix-vector product
+            channels_last = hidden.movedim(1, -1)
+            outputs.append(torch.matmul(channels_last, w_last).squeeze(-1) + b_last)
+        return torch.cat(outputs).view([b, s] + spatial)
 
     # ------------------------------------------------------------------ inference
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -325,7 +389,8 @@ class ProSeg(MultiRaterMethod):
                 generator = torch.Generator(device=mu.device)
                 generator.manual_seed(self.noise_seed)
                 noise = torch.randn(shape, generator=generator, device=mu.device, dtype=mu.dtype)
-            z = z + torch.exp(self._per_output(log_sigma, raters)) * noise.unsqueeze(0)
+            # exp before the expansion over samples: once per encoder, not once per sample
+            z = torch.addcmul(z, self._per_output(torch.exp(log_sigma), raters), noise.unsqueeze(0))
         return self._predict_inference(z, tau.unsqueeze(0).expand(mu.shape[0], -1, -1))
 
     @torch.jit.unused
