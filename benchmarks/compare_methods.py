@@ -315,6 +315,35 @@ def personalization_lines(rows_by_seed: dict[int, list[dict]], num_raters: int,
     return lines if len(lines) > 2 else []
 
 
+def best_unet_lines(rows_by_seed: dict[int, list[dict]], margin: float = 0.02) -> list[str]:
+    """Is each personalized method competitive with the U-Nets? Per seed, its Dice_mean against the best
+    Dice_mean of the U-Net rows of that seed (issue 11: within ``margin`` of it, or better, in every seed).
+
+    The best row is chosen per seed, after the fact, so the criterion is harder than against any one
+    fixed U-Net row; the U-Net rows compared are listed (a seed with fewer rows has an easier best)."""
+    labels = list(dict.fromkeys(row["method"] for rows in rows_by_seed.values() for row in rows))
+    unets = [label for label in labels if label.startswith("U-Net (")]
+    methods = [label for label in labels if not label.startswith("U-Net") and any(
+        row.get("dice_mean") is not None for rows in rows_by_seed.values() for row in rows if row["method"] == label)]
+    lines = [f"| row | per seed: its Dice_mean vs the best U-Net row's | smallest difference | within {margin} in every seed |",
+             "|---|---|---|---|"]
+    for label in methods:
+        cells, gaps = [], []
+        for seed, rows in rows_by_seed.items():
+            mine = [row["dice_mean"] for row in rows if row["method"] == label and row.get("dice_mean") is not None]
+            candidates = [(row["dice_mean"], row["method"]) for row in rows
+                          if row["method"] in unets and row.get("dice_mean") is not None]
+            if not mine or not candidates:
+                continue
+            best, best_label = max(candidates)
+            gaps.append(mine[0] - best)
+            cells.append(f"seed {seed}: {mine[0]:.4f} vs {best:.4f} ({best_label}, best of {len(candidates)})")
+        if gaps:
+            lines.append(f"| {label} | {'; '.join(cells)} | {min(gaps):+.4f} | "
+                         f"{'yes' if min(gaps) >= -margin else 'no'} |")
+    return lines if len(lines) > 2 else []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", default="dpersona", choices=sorted(COLUMNS))
@@ -404,6 +433,9 @@ def main() -> None:
         personal = personalization_lines(rows_by_seed, num_raters)
         if personal:
             claims += "\n\nPersonalization against the raters' own U-Nets:\n\n" + "\n".join(personal)
+        competitive = best_unet_lines(rows_by_seed)
+        if competitive:
+            claims += "\n\nPersonalized outputs against the best U-Net row of each seed:\n\n" + "\n".join(competitive)
     command = "python " + " ".join(sys.argv)
     budget_text = (f"one-stage methods {args.epochs + args.stage2_epochs} epochs, two-stage {args.epochs} + "
                    f"{args.stage2_epochs}" if args.equal_steps else

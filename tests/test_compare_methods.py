@@ -87,3 +87,19 @@ def test_personalization_reports_gains_only_for_raters_whose_own_unet_shows_a_st
     assert lines[4].startswith("| A2 | U-Net (A2) (the rater's style: not shown) | +0.0000 |")
     assert len(lines) == 5
     assert compare.personalization_lines({0: rows[1:]}, num_raters=2) == []  # no consensus row
+
+
+def test_best_unet_row_is_chosen_per_seed_and_the_smallest_gap_decides():
+    compare = _compare()
+    rows = {0: [{"method": "U-Net (majority vote)", "dice_mean": 0.80}, {"method": "U-Net (A1)", "dice_mean": 0.84},
+                {"method": "ProSeg (personalized)", "dice_mean": 0.83}, {"method": "Prob. U-Net (50 samples)"}],
+            1: [{"method": "U-Net (majority vote)", "dice_mean": 0.85}, {"method": "U-Net (A1)", "dice_mean": 0.81},
+                {"method": "ProSeg (personalized)", "dice_mean": 0.82}]}
+    lines = compare.best_unet_lines(rows)
+    assert len(lines) == 3  # header, separator, ProSeg (the Prob. U-Net row has no Dice_mean)
+    # seed 0: 0.83 - 0.84 (A1) = -0.01; seed 1: 0.82 - 0.85 (majority vote) = -0.03 -> not within 0.02
+    assert "seed 0: 0.8300 vs 0.8400 (U-Net (A1), best of 2)" in lines[2]
+    assert "seed 1: 0.8200 vs 0.8500 (U-Net (majority vote), best of 2)" in lines[2]
+    assert lines[2].endswith("| -0.0300 | no |")
+    assert compare.best_unet_lines(rows, margin=0.031)[2].endswith("| -0.0300 | yes |")
+    assert compare.best_unet_lines({0: rows[0][:2]}) == []  # no personalized row
