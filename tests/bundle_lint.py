@@ -26,14 +26,15 @@ COMMON_KEYS = ("imports", "bundle_root", "ckpt_dir", "output_dir", "dataset_dir"
                "preprocessing", "initialize", "run", "finalize")
 TRAIN_KEYS = COMMON_KEYS + (
     "data_cache_root", "dataset_name", "dataset_options", "datalist", "rank_raters_by_area", "seed", "epochs",
-    "val_interval", "batch_size", "learning_rate", "num_workers", "training",
+    "val_interval", "batch_size", "learning_rate", "num_workers", "training", "resume", "resume_checkpoint",
     "train#datalist", "train#preprocessing", "train#dataset", "train#dataloader", "train#inferer", "train#optimizer",
     "train#handlers", "train#trainer", "train#trainer#max_epochs",
     "validate#datalist_key", "validate#datalist", "validate#preprocessing", "validate#dataset", "validate#dataloader",
     "validate#inferer", "validate#postprocessing", "validate#key_metric", "validate#handlers", "validate#evaluator",
+    "validate#best_model_saver",
 )
 STAGE2_KEYS = ("stage2_epochs", "stage2_learning_rate", "stage1_checkpoint", "stage2#optimizer", "stage2#handlers",
-               "stage2#trainer", "stage2#evaluator")
+               "stage2#trainer", "stage2#evaluator", "stage2#best_model_saver")
 INFERENCE_KEYS = COMMON_KEYS + ("datalist", "datalist_key", "input_dir", "save_overlays", "dataset", "dataloader",
                                 "inferer", "outputs", "postprocessing", "handlers", "evaluator")
 EVALUATE_KEYS = ("evaluation_settings", "checkpoint", "validate#datalist_key", "validate#handlers", "initialize", "run")

@@ -1,8 +1,10 @@
 """Engines for multi-rater batches (MONAI SupervisedTrainer/SupervisedEvaluator subclasses) and their handlers."""
 
+from .atomic_checkpoint_saver import AtomicCheckpointSaver
 from .evaluation_table import EvaluationTable, format_settings_table, run_evaluation_table
 from .evaluator import MultiRaterEvaluator
 from .loss_logging import LossTermsStatsHandler, loss_terms
+from .resume import ResumeCheckpoint, load_training_state
 from .run_summary import InferenceSummaryHandler
 from .trainer import MultiRaterTrainer
 from .two_stage import begin_stage
@@ -17,4 +19,7 @@ __all__ = [
     "format_settings_table",
     "run_evaluation_table",
     "begin_stage",
+    "AtomicCheckpointSaver",
+    "ResumeCheckpoint",
+    "load_training_state",
 ]

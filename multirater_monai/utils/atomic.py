@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .errors import MultiRaterDataError
 
-__all__ = ["atomic_write_text", "atomic_write_json", "atomic_output_dir"]
+__all__ = ["atomic_write_text", "atomic_write_json", "atomic_torch_save", "atomic_output_dir"]
 
 # A folder holding this file is a prepared data set; ``overwrite=True`` may replace such a
 # folder, but never one that does not look like ours.
@@ -34,6 +34,38 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> str:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return str(path)
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> str:
+    """``torch.save(obj, path)`` through a temporary file in the same folder, then rename.
+
+    A kill or a full disk during the write leaves the previous file at ``path`` intact (and no
+    temporary file behind); the error names the file and the fix.
+    """
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a checkpoint is an ordinary file
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise OSError(e.errno, f"could not write the checkpoint {path} ({e.strerror or e}); the previous file there, "
+                      "if any, is intact; fix: free disk space or choose another folder (bundle_root)") from e
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
