@@ -16,4 +16,7 @@ logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR
 from . import utils  # noqa: E402  (first: the others use its errors and atomic writes)
 from . import data, engines, losses, metrics, networks, transforms, visualize  # noqa: E402
 
+# an uncaught error ends with the project's own message (file and fix) as the last line of output
+utils.errors.install_error_summary()
+
 __all__ = ["data", "engines", "losses", "metrics", "networks", "transforms", "utils", "visualize"]

@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 import torch
 
+from multirater_monai.utils.errors import project_error
+
 from .bundle_lint import MAX_EXPRESSION, bundle_problems, config_problems
 from .bundle_runner import SYNTHETIC, TINY, bundle, bundle_ok, overrides_dict
 from .conftest import BUNDLES, REPO_ROOT
@@ -165,6 +167,10 @@ def test_inference_on_a_3d_volume_names_the_file_and_the_fix(untrained_roots, tm
                    str(untrained_roots[name]), "--input_dir", str(folder), "--output_dir", str(tmp_path / "o"), *TINY[name]])
     assert proc.returncode != 0
     assert f"{folder / 'vol.nii.gz'} has channel-first shape (1, 32, 32, 5), which is not 2D; fix:" in proc.stderr
+    # the project's message is the last line, after MONAI's "Failed to evaluate ConfigExpression" traceback
+    assert "Failed to evaluate" in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"ERROR: {folder / 'vol.nii.gz'} has channel-first shape (1, 32, 32, 5), which is not 2D; fix:")
 
 
 # ----------------------------------------------------------------------------- missing checkpoint
@@ -182,5 +188,8 @@ def test_evaluate_without_checkpoint_names_the_path_and_the_command(name, tmp_pa
     while cause.__cause__ is not None:
         cause = cause.__cause__
     assert isinstance(cause, FileNotFoundError)
-    assert str(cause).startswith(f"checkpoint not found: {missing}. Train the bundle first: python -m monai.bundle "
-                                 "run training --config_file")
+    assert str(cause) == (f"checkpoint not found: {missing}; fix: train the bundle into this bundle root first "
+                          f"(python -m monai.bundle run training --config_file <the bundle's configs/train.json> "
+                          f"--bundle_root {tmp_path}), or pass --bundle_root of a trained run")
+    # what an uncaught error prints last (multirater_monai.utils.errors.install_error_summary)
+    assert project_error(info.value) is cause

@@ -195,11 +195,15 @@ def test_single_stage_run_killed_in_epoch_two_resumes_to_the_same_weights(tmp_pa
     assert f"[resume] resuming from {state_path}: stage 1, epoch {killed_at['trainer']['epoch']} of 5 done" in out
     _check_resumed_equals_uninterrupted(root, tmp_path / "uninterrupted", ["model.pt"])
 
-    # --resume False starts afresh and says so
-    fresh = ["--epochs", "1", "--val_interval", "1", "--batch_size", "8", "--resume", "False"]
+    # --resume False starts afresh and says so; one epoch with val_interval 2 still leaves a best model
+    before = (root / "models" / "model.pt").read_bytes()
+    fresh = ["--epochs", "1", "--val_interval", "2", "--batch_size", "8", "--resume", "False"]
     out = _run_ok(_train_args("unet_fusion", root, small_synthetic, fresh))
     assert "[resume] --resume False: starting afresh" in out
-    assert load_training_state(str(state_path))["trainer"]["epoch"] == 1
+    state = load_training_state(str(state_path))
+    assert state["trainer"]["epoch"] == 1
+    assert (root / "models" / "model.pt").read_bytes() != before
+    assert _same_weights(torch.load(root / "models" / "model.pt", weights_only=True), state["network"])
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from .atomic_checkpoint_saver import AtomicCheckpointSaver
 from .evaluation_table import EvaluationTable, format_settings_table, run_evaluation_table
 from .evaluator import MultiRaterEvaluator
+from .last_epoch_validation import LastEpochValidationHandler
 from .loss_logging import LossTermsStatsHandler, loss_terms
 from .resume import ResumeCheckpoint, load_training_state
 from .run_summary import InferenceSummaryHandler
@@ -20,6 +21,7 @@ __all__ = [
     "run_evaluation_table",
     "begin_stage",
     "AtomicCheckpointSaver",
+    "LastEpochValidationHandler",
     "ResumeCheckpoint",
     "load_training_state",
 ]

@@ -40,10 +40,13 @@ def output_names(rater_names: list[str], num_structures: int = 1) -> list[str]:
 def require_checkpoint(path: str) -> str:
     """Return ``path`` if the checkpoint exists; otherwise stop with the command that makes it."""
     if not os.path.isfile(path):
-        bundle = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+        root = os.path.dirname(os.path.dirname(os.path.abspath(path)))  # ckpt_dir is <bundle_root>/models
+        train = os.path.join(root, "configs", "train.json")
+        config = train if os.path.isfile(train) else "<the bundle's configs/train.json>"
         raise FileNotFoundError(
-            f"checkpoint not found: {path}. Train the bundle first: python -m monai.bundle run training "
-            f"--config_file {os.path.join(bundle, 'configs', 'train.json')}"
+            f"checkpoint not found: {path}; fix: train the bundle into this bundle root first "
+            f"(python -m monai.bundle run training --config_file {config} --bundle_root {root}), "
+            "or pass --bundle_root of a trained run"
         )
     return path
 
