@@ -8,6 +8,7 @@ raters annotated the sample; a missing rater has an all-zero channel and counts 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -133,6 +134,38 @@ class EnsureSpatialDims(InvertibleTransform):
         return out
 
 
+_warned_255: set[str] = set()
+
+
+def check_label_values(values: torch.Tensor, filename: str) -> None:
+    """A rater mask holds values in [0, 1] (binary, or soft and binarised by the threshold).
+
+    0/255 masks (a common image-editor export) are accepted with one warning (binarised: > 0 is
+    foreground); anything else (NaN/Inf, negative values, a multi-class map 0..K) stops with the file
+    and the fix: coercing those to binary would silently train on another label than the rater's.
+    """
+    values = values.float()
+    if not bool(torch.isfinite(values).all()):
+        raise MultiRaterDataError(f"rater label file {filename} contains NaN or infinite values; "
+                                  "fix: store a binary mask (0 = background, 1 = foreground).")
+    low, high = float(values.min()), float(values.max())
+    if low >= 0.0 and high <= 1.0:
+        return
+    found = torch.unique(values)
+    shown = ", ".join(f"{v:g}" for v in found[:8].tolist()) + (", ..." if found.numel() > 8 else "")
+    if low >= 0.0 and set(found.tolist()) <= {0.0, 255.0}:
+        if "255" not in _warned_255:
+            _warned_255.add("255")
+            warnings.warn(f"rater label file {filename} holds 0/255: binarised (255 = foreground); further "
+                          "0/255 files are binarised without this warning", stacklevel=2)
+        return
+    raise MultiRaterDataError(
+        f"rater label file {filename} holds the values {{{shown}}}, not a binary mask; fix: store one binary "
+        "mask per rater (0 = background, 1 = foreground; for a multi-class map, one data set per class, "
+        "e.g. value == k), or 0/255."
+    )
+
+
 class LoadRaterStack(Transform):
     """Load per-rater label files into one ``(R, *spatial)`` float MetaTensor with values in {0, 1}.
 
@@ -203,6 +236,7 @@ class LoadRaterStack(Transform):
             raise MultiRaterDataError(
                 f"rater label file {filename} has {lab.shape[0]} channels; fix: store one binary mask per rater file."
             )
+        check_label_values(lab.as_tensor(), filename)
         if target_ndim is not None:
             while lab.ndim - 1 > target_ndim and lab.shape[-1] == 1:
                 lab = SqueezeDim(dim=-1)(lab)

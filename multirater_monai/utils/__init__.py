@@ -12,6 +12,7 @@ from .bundle_helpers import (
     output_names,
     rater_names,
     require_checkpoint,
+    require_writable_dir,
 )
 from .checkpoint import load_network_weights
 from .errors import MultiRaterDataError, find_data_error
@@ -28,5 +29,6 @@ __all__ = [
     "output_names",
     "rater_names",
     "require_checkpoint",
+    "require_writable_dir",
     "load_network_weights",
 ]

@@ -8,7 +8,7 @@ import os
 from .errors import MultiRaterDataError
 
 __all__ = [
-    "require_checkpoint", "list_input_images", "default_bundle_root", "default_cache_root", "rater_names", "output_names",
+    "require_checkpoint", "require_writable_dir", "list_input_images", "default_bundle_root", "default_cache_root", "rater_names", "output_names",
 ]
 
 _IMAGE_PATTERNS = ("*.nii.gz", "*.nii", "*.nrrd", "*.mha", "*.dcm")
@@ -37,8 +37,12 @@ def output_names(rater_names: list[str], num_structures: int = 1) -> list[str]:
     return [f"s{k + 1}_{name}" for k in range(int(num_structures)) for name in rater_names]
 
 
-def require_checkpoint(path: str) -> str:
-    """Return ``path`` if the checkpoint exists; otherwise stop with the command that makes it."""
+def require_checkpoint(path: str, network=None) -> str:
+    """Return ``path`` if the checkpoint exists; otherwise stop with the command that makes it.
+
+    With ``network``, the checkpoint is also read (``weights_only=True``) and checked before anything
+    runs: readable, made for this network (another bundle's or rater count's stops with the fix), finite.
+    """
     if not os.path.isfile(path):
         root = os.path.dirname(os.path.dirname(os.path.abspath(path)))  # ckpt_dir is <bundle_root>/models
         train = os.path.join(root, "configs", "train.json")
@@ -48,6 +52,10 @@ def require_checkpoint(path: str) -> str:
             f"(python -m monai.bundle run training --config_file {config} --bundle_root {root}), "
             "or pass --bundle_root of a trained run"
         )
+    if network is not None:
+        from .checkpoint import read_checkpoint
+
+        read_checkpoint(path, network)
     return path
 
 
@@ -64,6 +72,7 @@ def list_input_images(input_dir: str | None = None, datalist: str | None = None,
             raise MultiRaterDataError(
                 f"no image files ({', '.join(_IMAGE_PATTERNS)}) in {input_dir}; point --input_dir at a folder of images"
             )
+        _require_readable(files, input_dir)
         return [{"image": f} for f in files]
     if not datalist or not os.path.isfile(datalist):
         raise MultiRaterDataError(
@@ -74,4 +83,40 @@ def list_input_images(input_dir: str | None = None, datalist: str | None = None,
     items = load_multirater_datalist(datalist, datalist_key)
     if not items:
         raise MultiRaterDataError(f"section '{datalist_key}' of {datalist} is empty; choose another --datalist_key")
+    _require_readable([item["image"] for item in items if isinstance(item["image"], str)], datalist)
     return [{"image": item["image"]} for item in items]
+
+
+def _require_readable(files: list[str], where: str) -> None:
+    """Read every NIfTI header before the first output is written: a bad file stops the run up front."""
+    import nibabel as nib
+
+    bad = []
+    for f in files:
+        if not f.endswith((".nii", ".nii.gz")):
+            continue  # other formats are read by MONAI's readers when the run reaches them
+        try:
+            nib.load(f).header.get_data_shape()
+        except Exception as e:  # noqa: BLE001 - truncated, empty, not NIfTI
+            bad.append(f"{f} ({type(e).__name__})")
+    if bad:
+        raise MultiRaterDataError(
+            f"{len(bad)} of the {len(files)} images of {where} cannot be read as NIfTI: {'; '.join(bad[:10])}"
+            f"{' ...' if len(bad) > 10 else ''}; fix: replace or remove them (nothing was written)"
+        )
+
+
+def require_writable_dir(path: str) -> str:
+    """Create ``path`` if needed and check that a file can be written there, before any work is done."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write_test_{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise MultiRaterDataError(
+            f"output folder {path} is not writable ({e.strerror or e}); fix: pass --output_dir with a folder you can "
+            "write to"
+        ) from e
+    return path
