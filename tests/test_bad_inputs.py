@@ -12,6 +12,7 @@ this catalogue the same.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -254,3 +255,21 @@ def test_readme_lists_every_case():
     table = readme[readme.index("### What a bad input gives"):]
     for case in CATALOGUE:
         assert f"`{case.__name__}`" in table, f"README's bad-input table lacks {case.__name__}"
+
+
+def test_a_killed_preparation_leaves_nothing_the_next_run_keeps(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from multirater_monai.data import prepare_synthetic
+
+    # a writer that was killed: its process is gone (a finished child's pid), its folder remains
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".data.{int(dead.stdout)}.abcd1234.partial"
+    live = tmp_path / f".data.{os.getpid()}.efgh5678.partial"  # a preparation running beside this one
+    for folder in (stale, live):
+        (folder / "images").mkdir(parents=True)
+    prepare_synthetic(tmp_path / "data", num_samples=6, num_raters=2, seed=0, size=16)
+    assert not stale.exists() and live.exists()
+    assert f"removed {stale}: left by an interrupted run" in capsys.readouterr().out
+    assert (tmp_path / "data" / "datalist.json").is_file()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .errors import MultiRaterDataError
 
-__all__ = ["atomic_write_text", "atomic_write_json", "atomic_torch_save", "atomic_output_dir"]
+__all__ = ["atomic_write_text", "atomic_write_json", "atomic_torch_save", "atomic_output_dir", "remove_stale_partials"]
 
 # A folder holding this file is a prepared data set; ``overwrite=True`` may replace such a
 # folder, but never one that does not look like ours.
@@ -78,6 +78,34 @@ def atomic_write_json(path: str | os.PathLike, obj) -> str:
     return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale_partials(out_dir: str | os.PathLike) -> list[Path]:
+    """Delete the ``.<name>.<pid>.*.partial`` folders that a killed writer of ``out_dir`` left behind.
+
+    Only folders whose writer process no longer runs are removed (a data preparation running beside
+    this one keeps its folder). Returns the removed folders; each is reported on stdout.
+    """
+    out_dir = Path(out_dir).absolute()
+    removed = []
+    for leftover in sorted(out_dir.parent.glob(f".{out_dir.name}.*.partial")):
+        parts = leftover.name[len(out_dir.name) + 2:].split(".")
+        if not leftover.is_dir() or not parts[0].isdigit() or _alive(int(parts[0])):
+            continue
+        shutil.rmtree(leftover, ignore_errors=True)
+        print(f"removed {leftover}: left by an interrupted run (process {parts[0]} no longer runs)", flush=True)
+        removed.append(leftover)
+    return removed
+
+
 @contextmanager
 def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder that becomes ``out_dir`` when the block finishes without error.
@@ -97,7 +125,9 @@ def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> It
             f"{out_dir} exists and is not empty; fix: choose an empty or new output folder ({why})."
         )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".partial"))
+    remove_stale_partials(out_dir)
+    # the writer's pid in the name: a later run can tell a killed writer's leftovers from a live one's
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".partial"))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the data set is an ordinary folder
     try:
         yield tmp
