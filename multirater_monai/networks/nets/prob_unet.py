@@ -11,8 +11,9 @@ stack cannot tell which rater it must explain, its KL is pushed to the prior and
 collapse). One posterior sample per image (``rsample``, so the gradient reaches the posterior net) is
 decoded by the head and scored against ``Y`` by Kohl et al.'s reconstruction term, the pixel-wise
 binary cross entropy SUMMED over the pixels of an image (the negative log-likelihood of ``Y``; mean
-over the batch); ``KL(q || p)`` computed analytically (``torch.distributions.kl_divergence``
-of the two diagonal Gaussians); an L2 penalty on the trained parameters (Kohl et al.), reported
+over the batch); ``KL(q || p)`` computed analytically
+(:func:`~multirater_monai.networks.blocks.gaussian_encoder.gaussian_kl`, torch's closed form written in
+the log-sigmas so that a near-deterministic posterior cannot underflow it into NaN); an L2 penalty on the trained parameters (Kohl et al.), reported
 as its own term:
 
     loss = seg + beta_kl * kl + l2_weight * l2
@@ -39,11 +40,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributions import kl_divergence
 from torch.nn import functional as F
 
 from ..blocks.backbone import BackboneConfig
-from ..blocks.gaussian_encoder import AxisAlignedGaussianEncoder
+from ..blocks.gaussian_encoder import AxisAlignedGaussianEncoder, distribution, gaussian_kl
 from ..blocks.latent_head import LatentCombiningHead
 from ..blocks.sampling import KEEP, fixed_noise
 from ..method import MultiRaterMethod
@@ -234,13 +234,13 @@ class ProbabilisticUNet(MultiRaterMethod):
         ``(B, K, *sp)`` (or None) from ONE head call, and the batch-mean ``KL(q || p)``; the posterior
         sees ``image`` and ``posterior_label`` (one rater's mask, or the masked rater stack)."""
         features = self.backbone(image)
-        prior = self.prior(image)
-        posterior = self.posterior(torch.cat([image, posterior_label], dim=1))
-        codes = [posterior.rsample().unsqueeze(1)]
+        mu_p, log_sigma_p = self.prior.encode(image)
+        mu_q, log_sigma_q = self.posterior.encode(torch.cat([image, posterior_label], dim=1))
+        codes = [distribution(mu_q, log_sigma_q).rsample().unsqueeze(1)]
         if num_prior_samples > 0:
-            codes.append(prior.rsample((num_prior_samples,)).transpose(0, 1))  # (B, K, D)
+            codes.append(distribution(mu_p, log_sigma_p).rsample((num_prior_samples,)).transpose(0, 1))  # (B, K, D)
         logits = self.head(features, torch.cat(codes, dim=1))
-        kl = kl_divergence(posterior, prior).mean()
+        kl = gaussian_kl(mu_q, log_sigma_q, mu_p, log_sigma_p).mean()
         return logits[:, :1], (logits[:, 1:] if num_prior_samples > 0 else None), kl
 
     def training_objective(
