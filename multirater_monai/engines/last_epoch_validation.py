@@ -19,11 +19,22 @@ class LastEpochValidationHandler(ValidationHandler):
 
     def attach(self, engine: Engine) -> None:
         super().attach(engine)
+        self._trained = False
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._mark_trained)
         engine.add_event_handler(Events.COMPLETED, self._validate_last_epoch)
+
+    def _reset(self, engine: Engine) -> None:
+        self._trained = False
+
+    def _mark_trained(self, engine: Engine) -> None:
+        self._trained = True
 
     def _validate_last_epoch(self, engine: Engine) -> None:
         if self.validator is None:
             raise RuntimeError("please set validator in __init__() or call `set_validator()` before training.")
         # MONAI's evaluator leaves its epoch at the trainer epoch it validated last
-        if engine.state.epoch > 0 and self.validator.state.epoch != engine.state.epoch:
+        # only after epochs trained in this run: a stage that a resumed run skips (finished before) must
+        # not validate, and so overwrite the stage's best model with, the untrained network
+        if self._trained and self.validator.state.epoch != engine.state.epoch:
             self.validator.run(engine.state.epoch)
