@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -28,22 +27,12 @@ REPO = Path(__file__).resolve().parents[1]
 SYNTHETIC = {"dataset_name": "synthetic", "rank_raters_by_area": False, "intensity_range": [0, 1]}
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _prepare(work: Path, bundle: str, n_max: int) -> dict:
+def _prepare(work: Path, bundle: str) -> dict:
     """Synthetic data, a datalist per N, an input folder per N, and a random-weight checkpoint."""
     import torch
     from monai.bundle import ConfigParser
 
-    from multirater_monai.data import load_multirater_datalist, prepare_synthetic, write_multirater_datalist
+    from multirater_monai.data import load_multirater_datalist, prepare_synthetic
 
     data = work / "data"
     prepare_synthetic(data, num_samples=60, num_raters=4, seed=0, size=64)
@@ -120,12 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         _child(args)
         return 0
+    from bench_dpersona import _cpu_model  # here, not at import: the measured child processes load nothing extra
+
     print(f"command: python benchmarks/bench_memory.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(f"machine: {_cpu_model()}, {os.cpu_count()} CPUs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        prepared = _prepare(work, args.bundle, max(args.sizes))
+        prepared = _prepare(work, args.bundle)
         for n in args.sizes:
             folder, datalist = _inputs_for(work, prepared, n)
             inf = _measure(args.bundle, "inference", work / "root", prepared["data"], folder, work / f"pred_{n}")

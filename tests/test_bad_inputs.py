@@ -28,6 +28,7 @@ from multirater_monai.utils import MultiRaterDataError, list_input_images, requi
 from multirater_monai.utils.errors import project_error
 
 from .conftest import REPO_ROOT
+from .unsafe_pickle import SideEffect
 
 AFFINE = np.eye(4)
 
@@ -168,16 +169,8 @@ def empty_checkpoint_file(tmp):
     require_checkpoint(str(tmp / "model.pt"), _network())
 
 
-class _SideEffect:
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (Path(self.marker),))
-
-
 def checkpoint_with_pickled_object(tmp):
-    torch.save({"model": _network().state_dict(), "x": _SideEffect(str(tmp / "executed"))}, tmp / "model.pt")
+    torch.save({"model": _network().state_dict(), "x": SideEffect(str(tmp / "executed"))}, tmp / "model.pt")
     try:
         require_checkpoint(str(tmp / "model.pt"), _network())
     finally:
@@ -242,7 +235,7 @@ def test_bad_input_stops_with_one_clear_message(case, tmp_path):
 def test_label_of_0_and_255_is_binarised_with_one_warning(tmp_path):
     import multirater_monai.data.array as array
 
-    array._warned_255.clear()
+    array._warned_255[0] = False
     lab = np.zeros((16, 16), np.uint8)
     lab[4:8, 4:8] = 255
     with pytest.warns(UserWarning, match=r"x_r0\.nii\.gz holds 0/255: binarised \(255 = foreground\)"):

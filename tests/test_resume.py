@@ -30,6 +30,7 @@ from multirater_monai.utils.rng_state import capture_rng_state, random_transform
 from .bundle_runner import SYNTHETIC, TINY
 from .bundle_runner import bundle_ok as _run_ok
 from .conftest import REPO_ROOT
+from .unsafe_pickle import SideEffect
 
 
 def test_full_disk_during_a_save_keeps_the_previous_file(tmp_path, monkeypatch):
@@ -103,18 +104,10 @@ def test_unreadable_training_state_names_the_file_and_the_fix(tmp_path):
         load_training_state(str(other))
 
 
-class _SideEffect:
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (Path(self.marker),))
-
-
 def test_a_state_file_with_a_pickled_object_is_refused_without_running_it(tmp_path):
     marker = tmp_path / "executed"
     path = tmp_path / "training_state.pt"
-    torch.save({"stage": 1, "trainer": {"epoch": 1}, "payload": _SideEffect(str(marker))}, path)
+    torch.save({"stage": 1, "trainer": {"epoch": 1}, "payload": SideEffect(str(marker))}, path)
     with pytest.raises(RuntimeError, match="cannot read the training state"):
         load_training_state(str(path))
     assert not marker.exists(), "weights_only=True must refuse the object, never build it"

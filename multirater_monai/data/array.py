@@ -134,7 +134,7 @@ class EnsureSpatialDims(InvertibleTransform):
         return out
 
 
-_warned_255: set[str] = set()
+_warned_255 = [False]  # one warning per process for 0/255 masks
 
 
 def check_label_values(values: torch.Tensor, filename: str) -> None:
@@ -154,8 +154,8 @@ def check_label_values(values: torch.Tensor, filename: str) -> None:
     found = torch.unique(values)
     shown = ", ".join(f"{v:g}" for v in found[:8].tolist()) + (", ..." if found.numel() > 8 else "")
     if low >= 0.0 and set(found.tolist()) <= {0.0, 255.0}:
-        if "255" not in _warned_255:
-            _warned_255.add("255")
+        if not _warned_255[0]:
+            _warned_255[0] = True
             warnings.warn(f"rater label file {filename} holds 0/255: binarised (255 = foreground); further "
                           "0/255 files are binarised without this warning", stacklevel=2)
         return

@@ -23,22 +23,39 @@ __all__ = ["atomic_write_text", "atomic_write_json", "atomic_torch_save", "atomi
 DATALIST_NAME = "datalist.json"
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> str:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename."""
+def _write_then_rename(path: str | os.PathLike, write, binary: bool = False, ordinary_permissions: bool = False) -> Path:
+    """Call ``write(f)`` on a temporary file next to ``path``, fsync, then rename it to ``path``.
+
+    On any error the temporary file is removed and ``path`` keeps its previous content.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        if ordinary_permissions:  # mkstemp makes the file private to its writer
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-    return str(path)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> str:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename."""
+    return str(_write_then_rename(path, lambda f: f.write(text)))
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> str:
+    """Serialise ``obj`` fully first (so an unserialisable value fails before any write), then write atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> str:
@@ -49,33 +66,11 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> str:
     """
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a checkpoint is an ordinary file
-        os.replace(tmp, path)
+        return str(_write_then_rename(path, lambda f: torch.save(obj, f), binary=True, ordinary_permissions=True))
     except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         raise OSError(e.errno, f"could not write the checkpoint {path} ({e.strerror or e}); the previous file there, "
                       "if any, is intact; fix: free disk space or choose another folder (bundle_root)") from e
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return str(path)
-
-
-def atomic_write_json(path: str | os.PathLike, obj) -> str:
-    """Serialise ``obj`` fully first (so an unserialisable value fails before any write), then write atomically."""
-    return atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _alive(pid: int) -> bool:
