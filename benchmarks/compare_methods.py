@@ -214,6 +214,17 @@ CLAIMS = {
          "ProSeg with one encoder per rater (personalized)", "ProSeg (personalized)", "d_pp", True),
         ("ProSeg with one image encoder per rater has a higher personalized Dice_mean than with one shared encoder",
          "ProSeg with one encoder per rater (personalized)", "ProSeg (personalized)", "dice_mean", True),
+        # the baselines' published ordering (D-Persona Tables 1-2, ProSeg Tables 1 and 3)
+        ("Pionono's personalized outputs beat CM-Global's on Dice_mean (D-Persona Tables 1-2, ProSeg Tables 1, 3)",
+         "Pionono (personalized)", "CM-Global", "dice_mean", True),
+        ("Pionono's personalized outputs have a lower GED than CM-Global's (D-Persona Tables 1-2)",
+         "Pionono (personalized)", "CM-Global", "ged", False),
+        ("CM-Pixel beats CM-Global on Dice_mean on LIDC (D-Persona Table 2; on NPC the reverse, by 0.08 points)",
+         "CM-Pixel", "CM-Global", "dice_mean", True),
+        ("D-Persona Stage II beats Pionono on Dice_mean (D-Persona Tables 1-2, ProSeg Tables 1, 3)",
+         "D-Persona (Stage II)", "Pionono (personalized)", "dice_mean", True),
+        ("ProSeg personalized beats Pionono on Dice_mean (ProSeg Tables 1, 3)",
+         "ProSeg (personalized)", "Pionono (personalized)", "dice_mean", True),
     ],
     "avap": [
         ("AVAP's calibrated map beats the majority-vote U-Net on Mean Voting (AVAP Table II)",

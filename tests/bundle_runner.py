@@ -7,12 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, threads_per_worker
 
 
 def bundle(args: list[str], cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
     """``python -m monai.bundle *args``; 2 threads, as on CI."""
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_worker()), "PYTHONWARNINGS": "ignore"}
     return subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=900)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -20,13 +21,22 @@ def require_shared(path: Path) -> Path:
     return path
 
 
+def threads_per_worker() -> int:
+    """Torch threads for this pytest process and the bundle runs it starts. Alone: 2, as on CI. Under
+    pytest-xdist (scripts/run_tests.sh): the cores shared among the workers, so they never oversubscribe."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers is None:
+        return min(os.cpu_count() or 1, 2)
+    return max(1, (os.cpu_count() or 1) // int(workers))
+
+
 @pytest.fixture(autouse=True)
 def _few_threads():
-    # CI has 2 cores; more torch threads than cores only adds contention.
+    # more torch threads than cores only adds contention
     import torch
 
     previous = torch.get_num_threads()
-    torch.set_num_threads(min(previous, 2))
+    torch.set_num_threads(min(previous, threads_per_worker()))
     yield
     torch.set_num_threads(previous)
 

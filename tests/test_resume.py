@@ -29,7 +29,7 @@ from multirater_monai.utils.rng_state import capture_rng_state, random_transform
 
 from .bundle_runner import SYNTHETIC, TINY
 from .bundle_runner import bundle_ok as _run_ok
-from .conftest import REPO_ROOT
+from .conftest import REPO_ROOT, threads_per_worker
 from .unsafe_pickle import SideEffect
 
 
@@ -133,7 +133,7 @@ def _train_args(bundle: str, root: Path, data: Path, extra: list[str]) -> list[s
 
 def _kill_when(args: list[str], state_path: Path, ready, timeout: float = 600) -> dict:
     """Start ``monai.bundle *args``, SIGKILL it as soon as ``ready(state)`` holds for its training state."""
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_worker()), "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen([sys.executable, "-m", "monai.bundle", *args], cwd=REPO_ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
