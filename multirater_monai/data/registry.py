@@ -35,11 +35,18 @@ def _qubiq():
     return prepare
 
 
+def _folder():
+    from .folder import prepare_folder
+
+    return prepare_folder
+
+
 # name -> loader of a function ``prepare(out_dir, **kwargs) -> datalist path``
 DATASETS: dict[str, Callable[[], Callable[..., str]]] = {
     "synthetic": _synthetic,
     "lidc-phantom": _lidc_phantom,
     "qubiq": _qubiq,
+    "folder": _folder,
 }
 
 
