@@ -41,12 +41,19 @@ def _folder():
     return prepare_folder
 
 
+def _riga():
+    from .riga import prepare_riga
+
+    return prepare_riga
+
+
 # name -> loader of a function ``prepare(out_dir, **kwargs) -> datalist path``
 DATASETS: dict[str, Callable[[], Callable[..., str]]] = {
     "synthetic": _synthetic,
     "lidc-phantom": _lidc_phantom,
     "qubiq": _qubiq,
     "folder": _folder,
+    "riga": _riga,
 }
 
 
