@@ -1,5 +1,6 @@
 """A bundle trains one epoch through MONAI's CLI on each prepared real-layout fixture: RIGA (RGB, disc + cup,
-six annotators) with AVAP, QUBIQ brain-tumor (four MR channels) and a folder of volumes with unet_fusion."""
+six annotators) with AVAP; QUBIQ brain-tumor (four MR channels), a folder of volumes and LIDC from DICOM
+with unet_fusion."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 from .bundle_runner import TINY, bundle_ok
 from .conftest import REPO_ROOT
 from .test_data_folder import _npc_like
+from .test_data_lidc import _download
 from .test_data_riga import _riga
 from .test_qubiq_tasks import _release
 
@@ -42,3 +44,12 @@ def test_unet_fusion_trains_on_four_channel_qubiq_and_folder(tmp_path):
     data = tmp_path / "npc"
     prepare_folder(data, _npc_like(tmp_path / "vol"), empty_fraction=0.5, split=(0.5, 0.25, 0.25), progress=False)
     _train("unet_fusion", data, tmp_path / "uf_npc", "--num_raters", "3", "--intensity_range", "[0,50]")
+
+
+def test_unet_fusion_trains_on_lidc_dicom(tmp_path):
+    from multirater_monai.data.lidc import prepare_lidc
+
+    root, records = _download(tmp_path / "LIDC-IDRI")
+    data = tmp_path / "lidc"
+    prepare_lidc(data, root, annotations=records, fold=0, crop_size=32, progress=False)
+    _train("unet_fusion", data, tmp_path / "uf_lidc", "--num_raters", "4")

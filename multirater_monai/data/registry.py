@@ -47,6 +47,12 @@ def _riga():
     return prepare_riga
 
 
+def _lidc():
+    from .lidc import prepare_lidc
+
+    return prepare_lidc
+
+
 # name -> loader of a function ``prepare(out_dir, **kwargs) -> datalist path``
 DATASETS: dict[str, Callable[[], Callable[..., str]]] = {
     "synthetic": _synthetic,
@@ -54,6 +60,7 @@ DATASETS: dict[str, Callable[[], Callable[..., str]]] = {
     "qubiq": _qubiq,
     "folder": _folder,
     "riga": _riga,
+    "lidc": _lidc,
 }
 
 
