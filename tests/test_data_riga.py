@@ -122,3 +122,15 @@ def test_resized_counts_and_bad_layout(tmp_path):
     assert "image1prime.png: not under a BinRushed*/, MESSIDOR*/ or Magrabi*/ folder" in msg
     assert "MESSIDOR/image1-1.png: marked copy without its plain image; expected" in msg
     assert not (tmp_path / "bad").exists()
+
+
+def test_overlay_cli_draws_one_picture_per_structure(tmp_path, capsys):
+    from multirater_monai.data.__main__ import main
+
+    root = _riga(tmp_path / "RIGA", {"MESSIDOR": ("png", 1), "Magrabia": ("png", 1)})
+    path = prepare_riga(tmp_path / "d", root, image_size=32, val_fraction=0.0, progress=False)
+    capsys.readouterr()
+    assert main(["overlay", path, "--out", str(tmp_path / "riga.png"), "--section", "test"]) == 0
+    assert capsys.readouterr().out.split() == [str(tmp_path / "riga_disc.png"), str(tmp_path / "riga_cup.png")]
+    assert Image.open(tmp_path / "riga_cup.png").size == (900, 320)  # image and raters panels
+    assert main(["overlay", path, "--out", str(tmp_path / "x.png"), "--index", "5"]) == 1
