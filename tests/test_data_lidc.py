@@ -22,8 +22,9 @@ def _hu(k):
     return np.broadcast_to(-900.0 + 10.0 * np.arange(SIZE)[:, None] + 100.0 * k, (SIZE, SIZE))
 
 
-def _write_series(folder: Path, patient: str, series_uid: str, modality="CT", order=(3, 0, 5, 1, 4, 2)):
-    """One series as the TCIA download has it: one file per slice, written out of z order."""
+def _write_series(folder: Path, patient: str, series_uid: str, modality="CT", order=(3, 0, 5, 1, 4, 2), broken=None):
+    """One series as the TCIA download has it: one file per slice, written out of z order; slice ``broken``
+    has a valid header but only half its pixel data."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -52,6 +53,8 @@ def _write_series(folder: Path, patient: str, series_uid: str, modality="CT", or
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
         ds.PixelData = (_hu(k) + 1024).astype(np.uint16).tobytes()
+        if k == broken:
+            ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
         ds.save_as(folder / f"1-{n + 1:03d}.dcm", enforce_file_format=True)
 
 
@@ -68,11 +71,12 @@ def _download(root: Path, n_patients=8):
     """Patients LIDC-IDRI-0001..: one CT series each, one nodule, three readers: reader 1 a half-side-5 square
     (81 px inside) on slices 2, 3; reader 2 half-side 3 (25 px) on 2, 3; reader 3 half-side 4 (49 px) on 2 only.
     Centre (24, 20); patient 2's at (40, 40), near the edge. Patient 1 also has an X-ray series and an XML file;
-    patient 3 a damaged .dcm; patient 4's reader 3 has a second contour at a z the series lacks."""
+    patient 3 a damaged .dcm; patient 4's reader 3 has a second contour at a z the series lacks; patient 6's
+    slice 3 has truncated pixel data."""
     records = []
     for p in range(1, n_patients + 1):
         pid, uid = f"LIDC-IDRI-{p:04d}", f"1.3.6.1.4.1.14519.5.2.1.6279.6001.{1000 + p}"
-        _write_series(root / pid / "01-01-2000-study" / "3000566-series", pid, uid)
+        _write_series(root / pid / "01-01-2000-study" / "3000566-series", pid, uid, broken=3 if p == 6 else None)
         c = (40, 40) if p == 2 else (24, 20)
         readers = [
             {"annotation_id": 10 * p + 1, "contours": [{"z": ZS[k], "points": _square(*c, 5)} for k in (2, 3)]},
@@ -124,14 +128,16 @@ def test_prepare_hu_crops_ranking_folds_and_report(tmp_path, capsys):
     for name in ("training", "validation", "test"):
         assert {e["patient_id"] for e in data[name]} == set(split[name])
     assert data["folds"] == split["folds"]
-    # two contoured slices per nodule (k 2, 3) for 8 patients
-    assert sum(len(data[k]) for k in ("training", "validation", "test")) == 16
+    # two contoured slices per nodule (k 2, 3) for 8 patients, less patient 6's unreadable slice 3
+    assert sum(len(data[k]) for k in ("training", "validation", "test")) == 15
+    assert [e["slice_index"] for k in ("training", "validation", "test") for e in data[k] if e["patient_id"] == "LIDC-IDRI-0006"] == [2]
     report = data["report"]
     assert "is not in" in report["LIDC-IDRI-0099"][0]
     assert "1-999.dcm: not readable as DICOM" in report["LIDC-IDRI-0003"][0]
     assert "reader 3: contour at z 50 mm has no slice in the series" in report["LIDC-IDRI-0004"][0]
-    assert set(report) == {"LIDC-IDRI-0003", "LIDC-IDRI-0004", "LIDC-IDRI-0099"}
-    assert "3 problem(s) reported and skipped" in capsys.readouterr().out
+    assert "1-001.dcm: unreadable slice" in report["LIDC-IDRI-0006"][0]  # slice 3 is the first file written
+    assert set(report) == {"LIDC-IDRI-0003", "LIDC-IDRI-0004", "LIDC-IDRI-0006", "LIDC-IDRI-0099"}
+    assert "4 problem(s) reported and skipped" in capsys.readouterr().out
     entries = {e["case_id"]: e for k in ("training", "validation", "test") for e in load_multirater_datalist(path, k)}
     validate_multirater_datalist(list(entries.values()), num_raters=4)
     prep = MultiRaterPreprocessing(spatial_dims=2, num_raters=4)

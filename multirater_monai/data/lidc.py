@@ -49,7 +49,7 @@ from ..utils.errors import MultiRaterDataError
 from .datalist import write_multirater_datalist
 from .slice_io import save_nifti
 
-__all__ = ["INTENSITY_RANGE_HU", "find_ct_series", "load_ct_series", "fill_contours", "pylidc_nodule_records",
+__all__ = ["INTENSITY_RANGE_HU", "find_ct_series", "read_ct_slice", "fill_contours", "pylidc_nodule_records",
            "fold_split", "prepare_lidc"]
 
 INTENSITY_RANGE_HU = [-1000, 400]
@@ -61,8 +61,9 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 # DICOM
 # --------------------------------------------------------------------------------------
 def find_ct_series(root: str | os.PathLike) -> tuple[dict[str, dict], list[str]]:
-    """CT series under ``root``: ``{series_uid: {"patient_id", "files": [...]}}`` from the headers only, and
-    the files that could not be read as DICOM (XML and other non-DICOM files are skipped without a word)."""
+    """CT series under ``root`` from the file headers only (no pixel data is read):
+    ``{series_uid: {"patient_id", "files": [...], "z": [...]}}``, files sorted by their ImagePositionPatient z,
+    and the files that could not be read as DICOM (XML and other non-DICOM files are skipped without a word)."""
     import pydicom
 
     series: dict[str, dict] = {}
@@ -71,43 +72,32 @@ def find_ct_series(root: str | os.PathLike) -> tuple[dict[str, dict], list[str]]
         if path.suffix.lower() in (".xml", ".txt", ".json", ".csv", ".md"):
             continue
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality", "SeriesInstanceUID", "PatientID"])
-        except Exception:  # noqa: BLE001 - any parse failure: not DICOM or damaged
+            ds = pydicom.dcmread(path, stop_before_pixels=True,
+                                 specific_tags=["Modality", "SeriesInstanceUID", "PatientID", "ImagePositionPatient"])
+            if str(ds.get("Modality", "")) != "CT" or "SeriesInstanceUID" not in ds:
+                continue
+            z = float(ds.ImagePositionPatient[2])
+        except Exception:  # noqa: BLE001 - any parse failure: not DICOM, damaged, or a CT slice without a position
             if path.suffix.lower() == ".dcm":
                 unreadable.append(str(path))
             continue
-        if str(ds.get("Modality", "")) != "CT" or "SeriesInstanceUID" not in ds:
-            continue
-        s = series.setdefault(str(ds.SeriesInstanceUID), {"patient_id": str(ds.get("PatientID", "")), "files": []})
+        s = series.setdefault(str(ds.SeriesInstanceUID), {"patient_id": str(ds.get("PatientID", "")), "files": [], "z": []})
         s["files"].append(str(path))
+        s["z"].append(z)
+    for s in series.values():
+        order = np.argsort(s["z"], kind="stable")
+        s["files"] = [s["files"][i] for i in order]
+        s["z"] = [s["z"][i] for i in order]
     return series, unreadable
 
 
-def load_ct_series(files: list[str]) -> tuple[np.ndarray, np.ndarray, tuple[float, float], list[str]]:
-    """(HU volume (rows, cols, slices) float32 sorted by z, slice z positions (mm), (row, col) spacing,
-    problems): slices that cannot be read, or whose size differs from the others, are left out and named."""
+def read_ct_slice(path: str) -> tuple[np.ndarray, tuple[float, float]]:
+    """One slice in Hounsfield units (``pixel * RescaleSlope + RescaleIntercept``, float32) and its (row, col) spacing."""
     import pydicom
 
-    slices, problems = [], []
-    for f in files:
-        try:
-            ds = pydicom.dcmread(f)
-            hu = ds.pixel_array.astype(np.float32) * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
-            z = float(ds.ImagePositionPatient[2])
-            spacing = tuple(float(v) for v in ds.PixelSpacing)
-        except Exception as e:  # noqa: BLE001 - reported per patient
-            problems.append(f"{f}: unreadable slice ({type(e).__name__}), skipped")
-            continue
-        slices.append((z, hu, spacing, f))
-    if not slices:
-        return np.zeros((0, 0, 0), np.float32), np.zeros(0), (1.0, 1.0), problems
-    shape = Counter(s[1].shape for s in slices).most_common(1)[0][0]
-    for z, hu, _, f in slices:
-        if hu.shape != shape:
-            problems.append(f"{f}: slice of size {hu.shape}, the series has {shape}; skipped")
-    slices = sorted((s for s in slices if s[1].shape == shape), key=lambda s: s[0])
-    volume = np.stack([s[1] for s in slices], axis=-1)
-    return volume, np.array([s[0] for s in slices]), slices[0][2], problems
+    ds = pydicom.dcmread(path)
+    hu = ds.pixel_array.astype(np.float32) * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
+    return hu, (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1]))
 
 
 # --------------------------------------------------------------------------------------
@@ -207,27 +197,22 @@ def _crop_start(centre: int, size: int, extent: int) -> int:
     return int(min(max(centre - size // 2, 0), max(extent - size, 0)))
 
 
-def _nodule_samples(record: dict, volume: np.ndarray, zs: np.ndarray, report: list[str], z_tolerance: float):
-    """Per contoured slice index k: [mask (rows, cols) or None per reader] in record order (<= 4 readers)."""
+def _nodule_contours(record: dict, zs: np.ndarray, report: list[str], z_tolerance: float) -> list[dict[int, list]]:
+    """Per reader (at most 4, record order): slice index k -> its contours there; contours at a z the series lacks
+    are reported and left out."""
     readers = record["readers"][:MAX_READERS]
     if len(record["readers"]) > MAX_READERS:
         report.append(f"nodule {record.get('nodule')}: {len(record['readers'])} readers, kept the first {MAX_READERS}")
-    rows, cols = volume.shape[:2]
-    per_reader: list[dict[int, list]] = []
+    per_reader = []
     for r, reader in enumerate(readers):
         by_k = defaultdict(list)
         for c in reader.get("contours", []):
-            pts = np.asarray(c.get("points", []), dtype=int).reshape(-1, 2)
-            k = int(np.abs(zs - float(c["z"])).argmin()) if zs.size else -1
-            if k < 0 or abs(zs[k] - float(c["z"])) > z_tolerance:
+            k = int(np.abs(zs - float(c["z"])).argmin())
+            if abs(zs[k] - float(c["z"])) > z_tolerance:
                 report.append(f"nodule {record.get('nodule')} reader {r + 1}: contour at z {float(c['z']):g} mm has no "
-                              "slice in the series (missing or unreadable slice); skipped")
+                              "slice in the series (missing slice); skipped")
                 continue
-            if pts.size == 0 or pts.min() < 0 or pts[:, 0].max() >= rows or pts[:, 1].max() >= cols:
-                report.append(f"nodule {record.get('nodule')} reader {r + 1}: contour at z {float(c['z']):g} mm lies "
-                              f"outside the {rows}x{cols} slice; skipped")
-                continue
-            by_k[k].append({**c, "points": pts})
+            by_k[k].append({**c, "points": np.asarray(c.get("points", []), dtype=int).reshape(-1, 2)})
         per_reader.append(by_k)
     return per_reader
 
@@ -291,23 +276,45 @@ def prepare_lidc(
         for uid in tqdm(sorted(by_series, key=lambda u: (series[u]["patient_id"], u)), desc="lidc series", unit="series",
                         disable=not progress):
             patient = series[uid]["patient_id"]
-            volume, zs, spacing, problems = load_ct_series(series[uid]["files"])
-            report[patient].extend(problems)
-            if volume.size == 0:
-                report[patient].append(f"series {uid}: no readable slice; skipped")
-                continue
+            files, zs = series[uid]["files"], np.asarray(series[uid]["z"], dtype=float)
             gaps = np.diff(zs)
             z_tolerance = 0.5 * float(np.median(gaps)) if gaps.size else 0.5
-            rows, cols = volume.shape[:2]
+            slices: dict[int, tuple | None] = {}  # only the slices some contour is on are read
+
+            def ct_slice(k: int):
+                if k not in slices:
+                    try:
+                        slices[k] = read_ct_slice(files[k])
+                    except Exception as e:  # noqa: BLE001 - reported per patient
+                        report[patient].append(f"{files[k]}: unreadable slice ({type(e).__name__}); its contours are skipped")
+                        slices[k] = None
+                return slices[k]
+
             for rec in sorted(by_series[uid], key=lambda r: r.get("nodule", 0)):
                 note = []
-                per_reader = _nodule_samples(rec, volume, zs, note, z_tolerance)
+                per_reader = _nodule_contours(rec, zs, note, z_tolerance)
+                for r, by_k in enumerate(per_reader):
+                    for k in list(by_k):
+                        sl = ct_slice(k)
+                        if sl is None:
+                            del by_k[k]
+                            continue
+                        rows, cols = sl[0].shape
+                        for c in list(by_k[k]):
+                            pts = c["points"]
+                            if pts.size == 0 or pts.min() < 0 or pts[:, 0].max() >= rows or pts[:, 1].max() >= cols:
+                                note.append(f"nodule {rec.get('nodule')} reader {r + 1}: contour at z {float(c['z']):g} mm "
+                                            f"lies outside the {rows}x{cols} slice; skipped")
+                                by_k[k].remove(c)
+                        if not by_k[k]:
+                            del by_k[k]
                 report[patient].extend(f"series {uid} {n}" for n in note)
                 pts = [c["points"] for r in per_reader for cs in r.values() for c in cs]
                 if not pts:
                     counts["nodules_without_contours"] += 1
                     continue
                 allp = np.vstack(pts)
+                rows, cols = slices[next(k for r in per_reader for k in r)][0].shape
                 i0 = _crop_start((allp[:, 0].min() + allp[:, 0].max() + 1) // 2, crop, rows)
                 j0 = _crop_start((allp[:, 1].min() + allp[:, 1].max() + 1) // 2, crop, cols)
                 nodule_id = f"{patient}_{uid[-8:].replace('.', '')}_n{int(rec.get('nodule', 0)):02d}"
@@ -318,13 +325,14 @@ def prepare_lidc(
                     if not any(m.any() for m in masks):
                         counts["slices_skipped_empty"] += 1
                         continue
+                    hu, spacing = slices[k]
                     if rank_by_area:
                         masks = sorted(masks, key=lambda m: int(m.sum()))  # stable: ties keep annotation order
                     masks = masks + [None] * (MAX_READERS - len(masks))
                     case = f"{nodule_id}_k{k:03d}"
                     affine = np.diag([spacing[0], spacing[1], 1.0, 1.0])
                     affine[:3, 3] = [i0 * spacing[0], j0 * spacing[1], zs[k]]
-                    image = np.clip(np.rint(volume[i0 : i0 + crop, j0 : j0 + crop, k]), -1024, 3071).astype(np.int16)
+                    image = np.clip(np.rint(hu[i0 : i0 + crop, j0 : j0 + crop]), -1024, 3071).astype(np.int16)
                     save_nifti(tmp / "images" / f"{case}.nii.gz", image, affine)
                     labels = []
                     for r, m in enumerate(masks):
