@@ -19,7 +19,7 @@ def test_prepare_and_ensure(tmp_path):
     assert ensure_dataset("synthetic", out, num_samples=9) == path
     assert (out / "datalist.json").stat().st_mtime_ns == before
     assert len(json.loads((out / "datalist.json").read_text())["training"]) == 2  # 4 - 1 - 1
-    with pytest.raises(MultiRaterDataError, match=r"unknown data set 'mnist'; fix: choose one of \['lidc-phantom', 'qubiq', 'synthetic'\]"):
+    with pytest.raises(MultiRaterDataError, match=r"unknown data set 'mnist'; fix: choose one of \['folder', 'lidc', 'lidc-phantom', 'qubiq', 'riga', 'synthetic'\]"):
         prepare_dataset("mnist", tmp_path / "x")
     with pytest.raises(MultiRaterDataError, match=r"has no option\(s\) \['num_sample'\]; fix: use only \["):
         prepare_dataset("synthetic", tmp_path / "x", num_sample=3)

@@ -50,3 +50,13 @@ def test_overlay_with_two_output_groups_gives_each_a_panel(tmp_path):
     first, second = rgb[:, 300:600], rgb[:, 600:900]
     assert _count_colour(first, RATER_COLOURS[1]) > 20 and _count_colour(first, RATER_COLOURS[2]) == 0
     assert _count_colour(second, RATER_COLOURS[2]) > 20  # the contour drawn in the samples panel
+
+
+def test_overlay_shows_colour_images_in_colour(tmp_path):
+    image = np.zeros((3, 32, 32), np.float32)
+    image[0] = 1.0  # pure red
+    path = save_overlay_png(str(tmp_path / "rgb.png"), image, np.zeros((2, 32, 32)), title="rgb")
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    assert _count_colour(rgb[:, :300], "#ff0000") > 1000  # the image panel is red, not grey
+    # four contrasts: the first one is shown in grey
+    save_overlay_png(str(tmp_path / "mr.png"), np.random.rand(4, 32, 32))

@@ -1,4 +1,5 @@
-"""Multi-rater data: datalists, rater-stack transforms, data sets (synthetic, LIDC phantom, QUBIQ).
+"""Multi-rater data: datalists, rater-stack transforms, data sets (synthetic, LIDC phantom, QUBIQ, LIDC-IDRI CT,
+RIGA, any folder of per-rater volumes).
 
 Sample contract after loading: ``image`` (C, H, W[, D]) float MetaTensor, ``label`` the rater
 stack (R, H, W[, D]) in {0, 1}, ``rater_mask`` (R,) bool (False = rater missing, all-zero channel).
@@ -36,7 +37,10 @@ from .dictionary import (
     RankRatersByAreaDict,
 )
 from ..utils.errors import MultiRaterDataError, find_data_error
+from .folder import prepare_folder
+from .lidc import prepare_lidc
 from .qubiq import prepare_qubiq, qubiq_entries
+from .riga import prepare_riga
 from .rater_selection import entries_for_fusion, entries_with_rater
 from .registry import ensure_dataset, prepare_dataset, quick_options
 from .synthetic import SyntheticMultiRaterDataset, make_synthetic_sample, prepare_synthetic

@@ -35,11 +35,32 @@ def _qubiq():
     return prepare
 
 
+def _folder():
+    from .folder import prepare_folder
+
+    return prepare_folder
+
+
+def _riga():
+    from .riga import prepare_riga
+
+    return prepare_riga
+
+
+def _lidc():
+    from .lidc import prepare_lidc
+
+    return prepare_lidc
+
+
 # name -> loader of a function ``prepare(out_dir, **kwargs) -> datalist path``
 DATASETS: dict[str, Callable[[], Callable[..., str]]] = {
     "synthetic": _synthetic,
     "lidc-phantom": _lidc_phantom,
     "qubiq": _qubiq,
+    "folder": _folder,
+    "riga": _riga,
+    "lidc": _lidc,
 }
 
 

@@ -56,7 +56,8 @@ def save_overlay_png(
 
     Args:
         path: PNG file to write (written atomically).
-        image: (H, W) or (1, H, W) image, any intensity range (shown min-max scaled).
+        image: (H, W) or (1, H, W) image, any intensity range (shown min-max scaled); (3, H, W) is shown in
+            colour, (C, H, W) with other C > 1 by its first channel.
         raters: optional (R, H, W) binary rater stack.
         outputs: optional (S, H, W) probabilities or binary masks (thresholded at ``threshold``), or a
             dict ``{panel title: (S_k, H, W)}`` for several groups (e.g. personalized and samples),
@@ -72,7 +73,13 @@ def save_overlay_png(
     import matplotlib.pyplot as plt
 
     img = _as_numpy(image).astype(float)
-    img = img.reshape(img.shape[-2:])
+    if img.ndim == 3 and img.shape[0] == 3:  # colour (fundus): shown in colour, min-max scaled
+        img = img.transpose(1, 2, 0)
+        img = (img - img.min()) / max(float(img.max() - img.min()), 1e-8)
+    elif img.ndim == 3 and img.shape[0] > 1:  # several contrasts: the first
+        img = img[0]
+    else:
+        img = img.reshape(img.shape[-2:])
     panels = [("image", None)]
     if raters is not None:
         panels.append(("raters", _as_numpy(raters) > 0.5))

@@ -46,7 +46,7 @@ class SaveOverlayPNGd(Transform):
         label = data.get(self.label_key)
         save_overlay_png(
             os.path.join(self.output_dir, f"{name}_overlay.png"),
-            image[0],
+            image,  # all channels: a colour image is drawn in colour
             raters=label if label is not None and getattr(label, "ndim", 0) == 3 else None,
             outputs=({k: data[k] for k in self.pred_key} if isinstance(self.pred_key, (list, tuple))
                      else data[self.pred_key]),
