@@ -1,8 +1,10 @@
 """The project's model-zoo index (``model_zoo.json``): one entry per bundle.
 
 Each entry carries the bundle's name, version, method and paper (from its ``metadata.json``),
-its path, the sha1 of a reproducible zip of the bundle's committed files, and the metrics of
-the reference run (``docs/reference_metrics.json``, written by the evaluation run).
+its path, the sha1 of a reproducible zip of the bundle's configs and docs, the sha256 and size of
+the shipped weights (``models/model.pt``, ``models/model.ts``), and the metrics of exactly those
+weights (``docs/reference_metrics.json``, written by their evaluation run). ``check`` fails when
+weights, configs or docs and the index disagree (for example after training into the bundle folder).
 
 Rebuild after changing a bundle::
 
@@ -21,15 +23,30 @@ import sys
 import zipfile
 from pathlib import Path
 
-__all__ = ["REPO_ROOT", "bundle_files", "bundle_zip_bytes", "build_index", "write_index", "check_index", "record_reference_metrics"]
+__all__ = ["REPO_ROOT", "WEIGHT_FILES", "weight_checksums", "bundle_files", "bundle_zip_bytes", "build_index", "write_index", "check_index", "record_reference_metrics"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INDEX_NAME = "model_zoo.json"
-# What a bundle ships: configs and docs. Weights, evaluation outputs and predictions are
-# produced locally and are not part of the checksum.
+# What the zip checksum covers: configs and docs. The shipped weights have their own checksums
+# (WEIGHT_FILES); evaluation outputs, predictions and training state are produced locally.
 _SHIPPED_DIRS = ("configs", "docs")
 _SHIPPED_FILES = ("LICENSE",)
 _FIXED_TIME = (2024, 1, 1, 0, 0, 0)
+WEIGHT_FILES = ("model.pt", "model.ts")
+
+
+def weight_checksums(bundle_dir: Path) -> dict:
+    """``{file: {"sha256", "bytes"}}`` of the weights in ``bundle_dir/models`` (WEIGHT_FILES present)."""
+    found = {}
+    for name in WEIGHT_FILES:
+        path = Path(bundle_dir) / "models" / name
+        if path.is_file():
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            found[name] = {"sha256": digest.hexdigest(), "bytes": path.stat().st_size}
+    return found
 
 
 def bundle_files(bundle_dir: Path) -> list[Path]:
@@ -67,6 +84,7 @@ def _entry(bundle_dir: Path, repo_root: Path) -> dict:
         "paper": meta["paper"],
         "path": bundle_dir.relative_to(repo_root).as_posix(),
         "sha1": hashlib.sha1(bundle_zip_bytes(bundle_dir)).hexdigest(),
+        "weights": weight_checksums(bundle_dir),
         "reference_metrics": metrics,
     }
 
@@ -145,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     if command == "check":
         stale = check_index()
         if stale:
-            print(f"model_zoo.json is stale for: {', '.join(stale)}; run: python -m multirater_monai.zoo build")
+            print(f"model_zoo.json disagrees with the bundle(s) {', '.join(stale)} (configs, docs or shipped weights); "
+                  "fix: if you trained into the bundle folder, restore the shipped weights with `git checkout -- "
+                  "bundles/<name>/models` (train with --bundle_root elsewhere); if the change is meant, rebuild with "
+                  "`python -m multirater_monai.zoo build`")
             return 1
         print("model_zoo.json is up to date")
         return 0

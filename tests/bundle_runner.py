@@ -17,9 +17,9 @@ def bundle(args: list[str], cwd: Path = REPO_ROOT) -> subprocess.CompletedProces
                           capture_output=True, text=True, timeout=900)
 
 
-def bundle_ok(args: list[str]) -> str:
+def bundle_ok(args: list[str], cwd: Path = REPO_ROOT) -> str:
     """As :func:`bundle`, failing the test with the tail of the output when the command fails."""
-    proc = bundle(args)
+    proc = bundle(args, cwd)
     assert proc.returncode == 0, f"monai.bundle {' '.join(args[:3])} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc.stdout + proc.stderr
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from monai.utils import set_determinism
 
 from ..networks.method import MultiRaterMethod
 from ..utils.atomic import atomic_write_json, atomic_write_text
@@ -55,7 +56,8 @@ def format_settings_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[s
 
 
 def run_evaluation_table(
-    evaluator, settings: Sequence[Mapping[str, Any]], output_dir: str | None = None, filename: str = "metrics"
+    evaluator, settings: Sequence[Mapping[str, Any]], output_dir: str | None = None, filename: str = "metrics",
+    seed: int | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``evaluator`` once per setting and return (and save, print) the table of summaries.
 
@@ -65,6 +67,9 @@ def run_evaluation_table(
             "num_samples": 10}, ...]``: after loading the checkpoint, the output mode and sampling are
             set (``configure_output``); absent keys leave the network's setting as it is.
         output_dir: where ``<filename>.csv`` and ``<filename>.json`` go (None: not saved).
+        seed: every setting starts from ``set_determinism(seed)`` (None: from where the previous left the
+            random state), so a row's samples do not depend on the rows before it, and the first images of a
+            row are drawn the same in a run over the whole split and in a run over its first batches.
     """
     if not settings:
         raise ValueError("no evaluation settings given; list at least one {'name', 'checkpoint', 'output_mode'}")
@@ -72,6 +77,8 @@ def run_evaluation_table(
     rows: list[dict[str, Any]] = []
     per_image: dict[str, list] = {}
     for setting in settings:
+        if seed is not None:
+            set_determinism(seed=int(seed))
         _apply_setting(network, setting, evaluator.state.device)
         evaluator.run()
         result = getattr(evaluator.state, "set_metrics", None)
@@ -103,13 +110,14 @@ class EvaluationTable:
     In ``evaluate.json``::
 
         "evaluation": {"_target_": "multirater_monai.engines.EvaluationTable", "evaluator": "@validate#evaluator",
-                       "settings": "@evaluation_settings", "output_dir": "@output_dir"},
+                       "settings": "@evaluation_settings", "output_dir": "@output_dir", "seed": "@seed"},
         "run": ["$@evaluation.run()"]
     """
 
     def __init__(self, evaluator, settings: Sequence[Mapping[str, Any]], output_dir: str | None = None,
-                 filename: str = "metrics") -> None:
+                 filename: str = "metrics", seed: int | None = None) -> None:
         self.evaluator, self.settings, self.output_dir, self.filename = evaluator, settings, output_dir, filename
+        self.seed = seed
 
     def run(self) -> list[dict[str, Any]]:
-        return run_evaluation_table(self.evaluator, self.settings, self.output_dir, self.filename)
+        return run_evaluation_table(self.evaluator, self.settings, self.output_dir, self.filename, self.seed)

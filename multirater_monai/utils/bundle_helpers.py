@@ -14,8 +14,23 @@ __all__ = [
 _IMAGE_PATTERNS = ("*.nii.gz", "*.nii", "*.nrrd", "*.mha", "*.dcm")
 
 
-def default_bundle_root(name: str) -> str:
-    """``bundles/<name>`` when run from the repository root, else the working directory (a bundle folder)."""
+def default_bundle_root(name: str, argv: list[str] | None = None) -> str:
+    """The folder of bundle ``name``: where its configs were read from, else ``bundles/<name>`` under the
+    working directory (the repository root), else the working directory (a bundle folder).
+
+    MONAI's runner does not tell a config where it was read from, so the ``--config_file`` argument of the
+    command line (``argv``, default ``sys.argv``) is looked at: a bundle started from any folder as
+    ``python -m monai.bundle run --config_file /path/to/<name>/configs/inference.json`` has its root at
+    ``/path/to/<name>``. ``--bundle_root`` on the command line overrides all of this.
+    """
+    import re
+    import sys
+
+    args = " ".join(sys.argv if argv is None else argv)
+    for match in re.finditer(r"([^\s'\",\[\]]+)[/\\]configs[/\\][^\s'\",\[\]/\\]+\.(?:json|yaml|yml)", args):
+        folder = os.path.abspath(match.group(1))
+        if os.path.isfile(os.path.join(folder, "configs", "metadata.json")) and os.path.basename(folder) == name:
+            return folder
     in_repo = os.path.join("bundles", name)
     return os.path.abspath(in_repo if os.path.isdir(in_repo) else ".")
 

@@ -1,0 +1,132 @@
+"""The weights shipped with every bundle (issue 15): present, small, scoring what the docs record, and
+usable without training, from any folder, and without MONAI (TorchScript + torch, numpy, nibabel)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .bundle_runner import bundle_ok
+from .conftest import BUNDLES, REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+PLAIN_SCRIPT = REPO_ROOT / "scripts" / "plain_torch_inference.py"
+
+
+def _models(name: str) -> Path:
+    return REPO_ROOT / "bundles" / name / "models"
+
+
+def test_every_bundle_ships_small_weights_that_the_index_names():
+    index = {e["name"]: e for e in json.loads((REPO_ROOT / "model_zoo.json").read_text())["bundles"]}
+    for name in BUNDLES:
+        for file in ("model.pt", "model.ts"):
+            path = _models(name) / file
+            assert path.is_file(), f"{name}: {path} is not shipped"
+            assert path.stat().st_size < 5 * 2**20, f"{name}: {file} is {path.stat().st_size} bytes (limit 5 MiB)"
+            assert index[name]["weights"][file]["bytes"] == path.stat().st_size
+        assert "first_batch" in json.loads((REPO_ROOT / "bundles" / name / "docs" / "reference_metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def first_test_batch(tmp_path_factory) -> Path:
+    """The default data (lidc-phantom quick subset, as the shipped weights were evaluated on), and a datalist
+    whose test section is its first 32 images."""
+    from multirater_monai.data import load_multirater_datalist, prepare_dataset, quick_options
+
+    root = tmp_path_factory.mktemp("lidc_quick") / "data"
+    datalist = Path(prepare_dataset("lidc-phantom", root, **quick_options("lidc-phantom")))
+    doc = json.loads(datalist.read_text())
+    doc["test"] = load_multirater_datalist(datalist, "test")[:32]  # absolute paths
+    subset = root / "datalist_first32.json"
+    subset.write_text(json.dumps(doc))
+    return subset
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_shipped_weights_score_the_recorded_metrics(name, first_test_batch, tmp_path):
+    """Evaluated in this process with the bundle's own evaluate.json on the first 32 test images: every
+    recorded figure again. Set-metric values are exact on one machine; across CPUs and thread counts a
+    thresholded pixel may flip, hence the tolerance."""
+    from monai.bundle import run
+
+    bundle = REPO_ROOT / "bundles" / name
+    configs = bundle / "configs"
+    run(config_file=[str(configs / "train.json"), str(configs / "evaluate.json")],
+        **{"bundle_root": str(bundle), "dataset_dir": str(first_test_batch.parent), "datalist": str(first_test_batch),
+           "output_dir": str(tmp_path), "num_workers": 0})
+    measured = {r["setting"]: r for r in json.loads((tmp_path / "metrics.json").read_text())["rows"]}
+    recorded = json.loads((bundle / "docs" / "reference_metrics.json").read_text())["first_batch"]["metrics"]
+    assert measured.keys() == recorded.keys()
+    for setting, values in recorded.items():
+        for key, value in values.items():
+            assert measured[setting][key] == pytest.approx(value, abs=0.01), (setting, key)
+
+
+def _disk_image(path: Path, depth: int = 0) -> None:
+    """A bright disk (40 HU) on lung background (-800 HU), 64x64 (x depth), with a non-trivial affine."""
+    import nibabel as nib
+
+    y, x = np.mgrid[:64, :64]
+    image = np.where((y - 30) ** 2 + (x - 34) ** 2 < 100, 40.0, -800.0).astype(np.float32)
+    if depth:
+        image = np.stack([np.roll(image, 3 * z, axis=1) for z in range(depth)], axis=2)
+    affine = np.diag([0.7, 0.7, 2.5, 1.0])
+    affine[:3, 3] = [10.0, -20.0, 5.0]
+    nib.save(nib.Nifti1Image(image, affine), path)
+
+
+def _plain(bundle: str, image: Path, out: Path) -> None:
+    """The script under a Python that cannot import MONAI or this package (an import raises ImportError)."""
+    code = ("import sys, runpy; sys.modules['monai'] = None; sys.modules['multirater_monai'] = None; "
+            f"sys.argv = ['plain', '--bundle', {str(REPO_ROOT / 'bundles' / bundle)!r}, '--image', {str(image)!r}, "
+            f"'--out', {str(out)!r}]; runpy.run_path({str(PLAIN_SCRIPT)!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_plain_torch_inference_equals_the_bundle_run_from_another_folder(tmp_path):
+    """unet_fusion is deterministic: the plain script's mask equals the bundle's own inference, which runs
+    from a folder outside the repository with no --bundle_root (the root comes from --config_file)."""
+    import nibabel as nib
+
+    (tmp_path / "in").mkdir()
+    _disk_image(tmp_path / "in" / "disk.nii.gz")
+    out = bundle_ok(["run", "--config_file", str(REPO_ROOT / "bundles" / "unet_fusion" / "configs" / "inference.json"),
+                     "--input_dir", "in", "--output_dir", "out"], cwd=tmp_path)
+    assert "wrote 1 image(s)" in out
+    _plain("unet_fusion", tmp_path / "in" / "disk.nii.gz", tmp_path / "plain")
+    bundle_mask = nib.load(tmp_path / "out" / "disk_consensus.nii.gz")
+    plain_mask = nib.load(tmp_path / "plain" / "disk_masks.nii.gz")
+    assert np.allclose(plain_mask.affine, bundle_mask.affine) and np.allclose(plain_mask.affine[0, 0], 0.7)
+    assert plain_mask.shape == (64, 64, 1)
+    assert np.array_equal(plain_mask.get_fdata()[..., 0], bundle_mask.get_fdata().reshape(64, 64))
+    assert 200 < plain_mask.get_fdata().sum() < 500  # the disk (314 pixels) is found
+
+
+def test_plain_torch_inference_runs_a_volume_slice_by_slice(tmp_path):
+    """A 2D bundle on a 64x64x3 volume: (64, 64, 3, C) masks in the volume's geometry, each slice the
+    2D result of that slice; D-Persona's channels are named after its outputs."""
+    import nibabel as nib
+
+    _disk_image(tmp_path / "volume.nii.gz", depth=3)
+    _plain("unet_fusion", tmp_path / "volume.nii.gz", tmp_path / "out3d")
+    volume = nib.load(tmp_path / "out3d" / "volume_masks.nii.gz")
+    assert volume.shape == (64, 64, 3, 1)
+    assert np.allclose(volume.affine, nib.load(tmp_path / "volume.nii.gz").affine)
+    source = nib.load(tmp_path / "volume.nii.gz").get_fdata()
+    nib.save(nib.Nifti1Image(source[..., 2].astype(np.float32), np.eye(4)), tmp_path / "slice2.nii.gz")
+    _plain("unet_fusion", tmp_path / "slice2.nii.gz", tmp_path / "out2d")
+    assert np.array_equal(volume.get_fdata()[:, :, 2, 0], nib.load(tmp_path / "out2d" / "slice2_masks.nii.gz").get_fdata()[..., 0])
+
+    _plain("dpersona", tmp_path / "slice2.nii.gz", tmp_path / "dp")
+    channels = json.loads((tmp_path / "dp" / "slice2_masks.json").read_text())["channels"]
+    masks = nib.load(tmp_path / "dp" / "slice2_masks.nii.gz").get_fdata()
+    assert masks.shape == (64, 64, len(channels)) and len(channels) == 4 + 16  # A1..A4, then 16 samples
+    assert set(np.unique(masks)) <= {0.0, 1.0}
