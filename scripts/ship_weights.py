@@ -62,13 +62,15 @@ def first_batch_means(per_image: dict) -> dict:
 START, END = "<!-- shipped-weights:start -->", "<!-- shipped-weights:end -->"
 
 
-def readme_section(bundle: Path, rows: list[dict], command: str, minutes: float, machine: str) -> str:
+def readme_section(bundle: Path, rows: list[dict], command: str, minutes: float, machine: str,
+                   selection: str = "") -> str:
     sizes = {n: (bundle / "models" / n).stat().st_size / 2**20 for n in ("model.pt", "model.ts")}
     columns = [c for c in rows[0] if c != "setting"]
     return "\n".join([
         START, "## Shipped weights", "",
         f"`models/model.pt` ({sizes['model.pt']:.1f} MiB) and `models/model.ts` ({sizes['model.ts']:.1f} MiB, TorchScript), "
         f"trained in {minutes:.1f} minutes on a {machine} by", "", f"    {command}", "",
+        *([selection, ""] if selection else []),
         "on the default data (lidc-phantom quick subset). Their metrics on its test split (247 slices of 20 "
         "patients; `docs/reference_metrics.json`, `metadata.json` `eval_metrics`; `tests/test_shipped_weights.py` "
         "re-evaluates the first 32 images):", "",
@@ -96,6 +98,7 @@ def main() -> int:
     parser.add_argument("--command", required=True, help="the training command that made the run (recorded)")
     parser.add_argument("--minutes", type=float, required=True, help="its training time (recorded)")
     parser.add_argument("--machine", default="2-core CPU, 1 thread", help="where it trained (recorded)")
+    parser.add_argument("--selection", default="", help="how this run was chosen among others (recorded)")
     args = parser.parse_args()
 
     import torch
@@ -118,12 +121,13 @@ def main() -> int:
     doc = json.loads((bundle / "eval" / "metrics.json").read_text())
     note = (f"the shipped weights (models/model.pt, sha256 in model_zoo.json) on the test split of the default "
             f"data (lidc-phantom quick subset: 247 slices of 20 patients); trained by: {args.command} "
-            f"({args.minutes:.1f} min on a {args.machine})")
+            f"({args.minutes:.1f} min on a {args.machine})" + (f"; {args.selection}" if args.selection else ""))
     zoo.record_reference_metrics(bundle, note)
     reference_path = bundle / "docs" / "reference_metrics.json"
     reference = json.loads(reference_path.read_text())
     reference["training_command"] = args.command
     reference["training_minutes"] = round(args.minutes, 1)
+    reference["selection"] = args.selection
     reference["first_batch"] = {"num_images": CHECK_IMAGES, "metrics": first_batch_means(doc["per_image"])}
     atomic_write_text(reference_path, json.dumps(reference, indent=2) + "\n")
 
@@ -134,16 +138,17 @@ def main() -> int:
         (key if single else f"{slug(row['setting'])}_{key}"): round(float(row[key]), 4)
         for row in doc["rows"] for key in EVAL_KEYS if row.get(key) is not None
     }
-    major, minor, _ = (int(v) for v in meta["version"].split("."))
-    meta["version"] = f"{major}.{minor + 1}.0"
-    meta["changelog"] = {meta["version"]: f"shipped weights: models/model.pt and model.ts, trained by `{args.command}` "
-                                          f"on the default data; eval_metrics are theirs",
-                         **meta["changelog"]}
+    entry = (f"shipped weights: models/model.pt and model.ts, trained by `{args.command}` on the default data; "
+             "eval_metrics are theirs")
+    if not meta["changelog"].get(meta["version"], "").startswith("shipped weights"):  # else: re-shipped, same version
+        major, minor, _ = (int(v) for v in meta["version"].split("."))
+        meta["version"] = f"{major}.{minor + 1}.0"
+    meta["changelog"] = {meta["version"]: entry, **{k: v for k, v in meta["changelog"].items() if k != meta["version"]}}
     atomic_write_text(meta_path, json.dumps(meta, indent=4) + "\n")
 
     bundle_cli(["ckpt_export", "network_def", "--filepath", str(models / "model.ts"), "--ckpt_file",
                 str(models / "model.pt"), "--meta_file", str(meta_path), "--config_file", str(configs / "inference.json")])
-    write_readme_section(bundle, readme_section(bundle, doc["rows"], args.command, args.minutes, args.machine))
+    write_readme_section(bundle, readme_section(bundle, doc["rows"], args.command, args.minutes, args.machine, args.selection))
     zoo.write_index()
     sizes = {name: (models / name).stat().st_size / 2**20 for name in ("model.pt", "model.ts")}
     print(f"[ship] {bundle.name} {meta['version']}: model.pt {sizes['model.pt']:.2f} MiB, model.ts {sizes['model.ts']:.2f} MiB; "

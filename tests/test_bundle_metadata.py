@@ -32,11 +32,27 @@ def test_schema_rejects_metadata_without_network_format():
 def test_bundle_has_standard_files(bundle):
     root = REPO_ROOT / "bundles" / bundle
     for rel in ("configs/train.json", "configs/evaluate.json", "configs/inference.json", "configs/logging.conf",
-                "docs/README.md", "LICENSE"):
+                "docs/README.md", "docs/data_license.txt", "LICENSE"):
         assert (root / rel).is_file(), f"{bundle} lacks {rel}"
     train = json.loads((root / "configs" / "train.json").read_text())
     for key in ("bundle_root", "dataset_dir", "device", "network_def", "train", "validate", "run", "training"):
         assert key in train, f"{bundle}/configs/train.json lacks the standard key {key}"
+
+
+# the fields the MONAI model zoo's bundles carry beyond the schema's required ones
+ZOO_FIELDS = ("changelog", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
+              "authors", "copyright", "data_source", "intended_use", "references", "eval_metrics", "network_data_format")
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_metadata_has_the_model_zoo_fields_and_a_changelog_entry_for_its_version(bundle):
+    metadata = json.loads((REPO_ROOT / "bundles" / bundle / "configs" / "metadata.json").read_text())
+    missing = [k for k in ZOO_FIELDS if not metadata.get(k)]
+    assert not missing, f"{bundle}/configs/metadata.json lacks {missing}"
+    assert metadata["version"] in metadata["changelog"], "the model zoo refuses a version without a changelog entry"
+    assert metadata["required_packages_version"].get("multirater_monai"), "the bundles' own package must be named"
+    assert "pip install" in metadata.get("required_packages_source", {}).get("multirater_monai", ""), \
+        "say where multirater_monai comes from (it is not on PyPI)"
 
 
 def test_model_zoo_index_matches_bundles():

@@ -69,6 +69,21 @@ def test_shipped_weights_score_the_recorded_metrics(name, first_test_batch, tmp_
             assert measured[setting][key] == pytest.approx(value, abs=0.01), (setting, key)
 
 
+@pytest.mark.parametrize("name", BUNDLES)
+def test_inference_runs_on_the_shipped_weights_without_training(name, tmp_path):
+    """inference.json as a fresh clone has it (bundle_root = the bundle folder, its shipped model.pt), in
+    this process: every output file is written for a 64x64 image."""
+    from monai.bundle import run
+
+    (tmp_path / "in").mkdir()
+    _disk_image(tmp_path / "in" / "disk.nii.gz")
+    bundle = REPO_ROOT / "bundles" / name
+    run(config_file=str(bundle / "configs" / "inference.json"),
+        **{"bundle_root": str(bundle), "input_dir": str(tmp_path / "in"), "output_dir": str(tmp_path / "out")})
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert "disk_overlay.png" in written and any(n.endswith(".nii.gz") for n in written), written
+
+
 def _disk_image(path: Path, depth: int = 0) -> None:
     """A bright disk (40 HU) on lung background (-800 HU), 64x64 (x depth), with a non-trivial affine."""
     import nibabel as nib

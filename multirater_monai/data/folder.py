@@ -34,7 +34,7 @@ import numpy as np
 from ..utils.atomic import atomic_output_dir
 from ..utils.errors import MultiRaterDataError
 from .datalist import split_counts, split_entries, write_multirater_datalist
-from .slice_io import channels_last_image, save_nifti, slice_affine
+from .slice_io import channels_last_image, save_nifti, save_rater_masks, slice_affine
 
 __all__ = ["prepare_folder", "folder_subjects", "binary_rater_mask"]
 
@@ -270,14 +270,8 @@ def prepare_folder(
                     img = img.astype(np.float32)
                 value_range = [min(value_range[0], float(img.min())), max(value_range[1], float(img.max()))]
                 save_nifti(tmp / "images" / f"{case}.nii.gz", img, aff)
-                labels = []
-                for r, m in enumerate(masks):
-                    if m is None:
-                        labels.append(None)
-                        continue
-                    rel = f"labels/{case}_r{r + 1:02d}.nii.gz"
-                    save_nifti(tmp / rel, np.take(m, k, axis=axis).astype(np.uint8), aff)
-                    labels.append(rel)
+                labels = save_rater_masks(tmp, [f"labels/{case}_r{r + 1:02d}.nii.gz" for r in range(len(masks))],
+                                          [None if m is None else np.take(m, k, axis=axis) for m in masks], aff)
                 out[section_of[subject["subject"]]].append(
                     {"image": f"images/{case}.nii.gz", "label": labels, "patient_id": subject["subject"],
                      "case_id": case, "slice_index": int(k)})

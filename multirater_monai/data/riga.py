@@ -46,7 +46,7 @@ from scipy import ndimage
 from ..utils.atomic import atomic_output_dir
 from ..utils.errors import MultiRaterDataError
 from .datalist import write_multirater_datalist
-from .slice_io import channels_last_image, save_nifti
+from .slice_io import channels_last_image, save_nifti, save_rater_masks
 
 __all__ = ["RIGA_SOURCES", "riga_images", "contour_masks", "prepare_riga"]
 
@@ -241,14 +241,9 @@ def prepare_riga(
                 continue
             image, masks = _resize(prime, disc + cup, image_size)
             save_nifti(tmp / "images" / f"{g['id']}.nii.gz", channels_last_image(image, 2))
-            labels = []
-            for c, m in enumerate(masks):
-                if m is None:
-                    labels.append(None)
-                    continue
-                rel = f"labels/{g['id']}_{STRUCTURES[c // NUM_ANNOTATORS]}_a{c % NUM_ANNOTATORS + 1}.nii.gz"
-                save_nifti(tmp / rel, m.astype(np.uint8))
-                labels.append(rel)
+            names = [f"labels/{g['id']}_{STRUCTURES[c // NUM_ANNOTATORS]}_a{c % NUM_ANNOTATORS + 1}.nii.gz"
+                     for c in range(len(masks))]
+            labels = save_rater_masks(tmp, names, masks)
             section = "test" if g["source"] in TEST_SOURCES else ("validation" if g["id"] in val_ids else "training")
             sections[section].append({"image": f"images/{g['id']}.nii.gz", "label": labels, "patient_id": g["id"],
                                       "case_id": g["id"], "source": g["source"]})

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["save_nifti", "channels_last_image", "slice_affine"]
+__all__ = ["save_nifti", "save_rater_masks", "channels_last_image", "slice_affine"]
 
 
 def channels_last_image(array: np.ndarray, channel_axis: int | None) -> np.ndarray:
@@ -51,3 +51,16 @@ def save_nifti(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray | 
     img = nib.Nifti1Image(np.asarray(array), np.eye(4) if affine is None else np.asarray(affine, dtype=float))
     img.header.set_xyzt_units("mm")
     Path(path).write_bytes(gzip.compress(img.to_bytes(), compresslevel=6, mtime=0))
+
+
+def save_rater_masks(root: str | os.PathLike, rel_paths: list[str], masks: list, affine: np.ndarray | None = None) -> list:
+    """Write each present rater's mask (uint8) to ``root/rel_paths[r]``; return the datalist's ``label``
+    list: the relative path per rater, ``None`` for a rater without a mask."""
+    labels = []
+    for rel, mask in zip(rel_paths, masks):
+        if mask is None:
+            labels.append(None)
+            continue
+        save_nifti(os.path.join(root, rel), np.asarray(mask).astype(np.uint8), affine)
+        labels.append(rel)
+    return labels
