@@ -11,7 +11,9 @@ component, one ``_target_``, with every choice an argument that a config can ove
    grid and set ``rater_mask``; optionally rank the raters by area (the LIDC convention);
 3. window the intensities to [0, 1] (``intensity_range``), optionally resize;
 4. pad height and width to a multiple of the network's ``spatial_divisor`` (MONAI ``DivisiblePad``),
-   so any image size works;
+   so any image size works; with ``slice_volumes`` a 2D bundle also takes a volume ``(C, H, W, D)``
+   (a DICOM series folder, a 3D NIfTI), padded in-plane only, which the inference runs slice by slice
+   (:class:`multirater_monai.engines.SliceWiseInferer`);
 5. float32 tensors.
 
 It is deterministic and not a ``Compose`` (MONAI counts a ``Compose`` as random, and ``CacheDataset``
@@ -53,6 +55,7 @@ class MultiRaterPreprocessing(MapTransform, InvertibleTransform):
         intensity_range: ``[a_min, a_max]`` mapped to [0, 1] with clipping; None keeps the intensities.
         image_size: resize image and rater stack to this spatial size (None: keep the size).
         spatial_divisor: pad height/width to a multiple of it (the network's ``spatial_divisor``).
+        slice_volumes: with ``spatial_dims=2``, keep 3D volumes (to be run slice by slice) instead of refusing them.
         image_key, label_key, rater_mask_key: keys of the item.
     """
 
@@ -64,6 +67,7 @@ class MultiRaterPreprocessing(MapTransform, InvertibleTransform):
         intensity_range: Sequence[float] | None = None,
         image_size: Sequence[int] | None = None,
         spatial_divisor: int = 1,
+        slice_volumes: bool = False,
         image_key: str = "image",
         label_key: str = "label",
         rater_mask_key: str = "rater_mask",
@@ -75,7 +79,7 @@ class MultiRaterPreprocessing(MapTransform, InvertibleTransform):
             CheckFilesExistd(image_key),
             LoadImaged(image_key, image_only=True),
             EnsureChannelFirstd(image_key),
-            *([EnsureSpatialDimsd(image_key, spatial_dims)] if spatial_dims is not None else []),
+            *([EnsureSpatialDimsd(image_key, spatial_dims, slice_volumes)] if spatial_dims is not None else []),
             CheckFinited(image_key),
             # the label is absent at inference: these steps then leave the item as it is
             LoadRaterStackd(label_key, rater_mask_key=rater_mask_key, image_key=image_key, num_raters=num_raters,
@@ -90,7 +94,8 @@ class MultiRaterPreprocessing(MapTransform, InvertibleTransform):
             steps.append(Resized(keys, spatial_size=list(image_size), mode=["bilinear", "nearest"],
                                  allow_missing_keys=True))
         if int(spatial_divisor) > 1:
-            steps.append(DivisiblePadd(keys, k=int(spatial_divisor), allow_missing_keys=True))
+            steps.append(_InPlaneDivisiblePadd(keys, int(spatial_divisor)) if slice_volumes
+                         else DivisiblePadd(keys, k=int(spatial_divisor), allow_missing_keys=True))
         steps.append(EnsureTyped(keys, dtype=torch.float32, allow_missing_keys=True))
         self.steps = Compose(steps)
         self.spatial_divisor = int(spatial_divisor)
@@ -101,3 +106,22 @@ class MultiRaterPreprocessing(MapTransform, InvertibleTransform):
     def inverse(self, data: Mapping[Hashable, Any]) -> dict:
         """Undo the padding, resizing and axis squeezing (``Invertd`` calls this on network outputs)."""
         return self.steps.inverse(data)
+
+
+class _InPlaneDivisiblePadd(MapTransform, InvertibleTransform):
+    """``DivisiblePadd`` of height and width only: a volume run slice by slice keeps its number of slices."""
+
+    def __init__(self, keys, k: int) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.pad_2d = DivisiblePadd(keys, k=k, allow_missing_keys=True)
+        self.pad_3d = DivisiblePadd(keys, k=(k, k, 1), allow_missing_keys=True)
+
+    def _padder(self, data: Mapping[Hashable, Any]) -> DivisiblePadd:
+        first = next(data[key] for key in self.key_iterator(dict(data)))
+        return self.pad_3d if first.ndim == 4 else self.pad_2d
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        return self._padder(data)(data)
+
+    def inverse(self, data: Mapping[Hashable, Any]) -> dict:
+        return self._padder(data).inverse(data)
