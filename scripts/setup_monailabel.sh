@@ -24,7 +24,7 @@ fi
 py="$venv/bin/python"
 pip_install() { "$py" -m pip install --disable-pip-version-check -q "$@" 2>&1 | grep -v "^WARNING: Location" >&2 || true; }
 
-if "$py" -c "import monailabel.main, multirater_monai, torch" 2>/dev/null \
+if "$py" -c "import monailabel.app, multirater_monai, torch" 2>/dev/null \
         && "$py" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13') else 1)"; then
     echo "[setup_monailabel] $venv is ready" >&2
     echo "$py"
@@ -44,13 +44,13 @@ pip_install "pydicom==2.4.4" "dicomweb-client==0.59.3" "pydicom-seg==0.4.1" "pyn
     "python-dotenv>=1.0.1" "httpx>=0.27.0" "schedule>=1.2.1" "timeloop>=1.0.2" "expiringdict>=1.2.2" \
     "expiring_dict>=1.1.0" "cachetools>=5.3.3" "watchdog>=4.0.0" "pynrrd>=1.0.0" "filelock>=3.11.0" \
     "passlib>=1.7.4" "pyjwt>=2.8.0" "bcrypt>=4.1.2" "requests>=2.31.0" "requests-toolbelt>=1.0.0" \
-    "einops>=0.7.0" "itk-core>=5.4" "itk-io>=5.4" "psutil" "pillow"
+    "einops>=0.7.0" "itk-core>=5.4" "itk-io>=5.4" "psutil" "pillow" "google-auth>=2.29.0" "girder-client>=3.2.3"
 # highdicom 0.28 needs pydicom 3, which this server refuses; the package installs without its dependencies
 echo "[setup_monailabel] installing multirater_monai (editable, dependencies as above)" >&2
 pip_install --no-deps -e "$repo"
 
 "$py" - <<'PY' || { echo "[setup_monailabel] FAILED: see the import error above" >&2; exit 1; }
-import torch, numpy, monai, pydicom, monailabel.main, multirater_monai
+import torch, numpy, monai, pydicom, monailabel.app, multirater_monai
 assert torch.__version__.startswith("2.13"), torch.__version__
 assert pydicom.__version__.startswith("2.4"), pydicom.__version__
 print(f"[setup_monailabel] torch {torch.__version__}, numpy {numpy.__version__}, monai {monai.__version__}, "
