@@ -7,7 +7,8 @@ environment, makes it when absent, and skips with the reason when it cannot be m
 Datastore made here: 3 images (48x48), each rater's label under the rater's tag (``labels/A1/...``),
 rater A4 missing on one image. Known answers: the personalized file has one channel per rater
 (the bundle's 4 rater names, in order), the single-rater file equals that rater's channel, the
-agreement map lies in [0, 1], a generative bundle returns the number of samples asked for, and one
+agreement map lies in [0, 1], a generative bundle returns the number of samples asked for, a 3-slice
+volume comes back as a 3-slice volume with its affine (2D bundles run slice by slice), and one
 training epoch through the train task writes a new checkpoint from a datalist of the tagged labels.
 """
 
@@ -40,6 +41,7 @@ BUNDLES = ("mh_unet", "dpersona")
 RATERS = ["A1", "A2", "A3", "A4"]
 SHAPE = (48, 48)  # square: the bundles' training augmentation rotates by 90 degrees
 START_TIMEOUT_S, REQUEST_TIMEOUT_S = 240, 300
+VOLUME_AFFINE = np.array([[0.8, 0, 0, -10.0], [0, 0.8, 0, 5.0], [0, 0, 2.5, 40.0], [0, 0, 0, 1]])
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +79,9 @@ def studies(tmp_path_factory) -> Path:
                 continue  # a rater who did not annotate this image
             (folder / "labels" / rater).mkdir(parents=True, exist_ok=True)
             nib.save(nib.Nifti1Image(_disc(6 + i + k), np.eye(4)), folder / "labels" / rater / f"img{i}.nii.gz")
+    # a 3-slice volume without labels: served slice by slice by the 2D bundles, left out of training
+    volume = np.stack([0.2 + 0.6 * _disc(5 + 3 * z) for z in range(3)], axis=-1).astype(np.float32)
+    nib.save(nib.Nifti1Image(volume, VOLUME_AFFINE), folder / "vol0.nii.gz")
     return folder
 
 
@@ -170,6 +175,14 @@ def test_per_rater_masks_and_agreement_over_http(server, tmp_path):
         assert 0.0 <= agreement.min() and agreement.max() <= 1.0
     samples, result = _infer(base, "dpersona", "img0", {"output": "samples", "num_samples": 3}, tmp_path)
     assert samples.shape == (*SHAPE, 3) and result["channels"] == ["sample_1", "sample_2", "sample_3"]
+
+
+def test_a_volume_comes_back_in_its_geometry(server, tmp_path):
+    base, _, _ = server
+    stack, result = _infer(base, "mh_unet", "vol0", {"output": "personalized"}, tmp_path)
+    assert stack.shape == (*SHAPE, 3, 4) and result["channels"] == RATERS
+    returned = nib.load(sorted(tmp_path.glob("*.nii.gz"))[-1])
+    np.testing.assert_allclose(returned.affine, VOLUME_AFFINE)
 
 
 def test_one_epoch_through_the_train_task(server, models_dir):

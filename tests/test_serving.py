@@ -43,7 +43,8 @@ def test_per_rater_request_choices(tmp_path, image):
     runner = BundleInference(REPO_ROOT / "bundles" / "mh_unet", _root(tmp_path, "mh_unet"), overrides_dict(TINY["mh_unet"]))
     assert runner.describe() == {"bundle": "mh_unet", "rater_names": ["A1", "A2", "A3", "A4"],
                                  "outputs": ["calibrated", "personalized"], "generative": False,
-                                 "agreement_output": "calibrated", "choices": ["personalized", "rater", "agreement"]}
+                                 "agreement_output": "calibrated",
+                                 "choices": ["personalized", "rater", "agreement", "dicom-seg"]}
     files = runner.run(str(image), str(tmp_path / "out"))
     assert sorted(files) == ["calibrated", "personalized"]
     path, info = select_output(files, "personalized", runner.rater_names)
@@ -76,6 +77,25 @@ def test_generative_bundle_draws_the_requested_number_of_samples(tmp_path, image
     agreement = nib.load(select_output(files, "agreement", runner.rater_names, agreement_key="agreement")[0]).get_fdata()
     assert agreement.shape == (40, 36) and 0 <= agreement.min() and agreement.max() <= 1
     assert nib.load(files["personalized"]).shape == (40, 36, 4)
+
+
+def test_a_dicom_series_through_a_2d_bundle(tmp_path):
+    import pydicom
+
+    from .dicom_series import COLS, ROWS, write_ct_series
+
+    series = tmp_path / "series"
+    write_ct_series(series, num_slices=3)
+    runner = BundleInference(REPO_ROOT / "bundles" / "mh_unet", _root(tmp_path, "mh_unet"), overrides_dict(TINY["mh_unet"]))
+    path, info = runner.run_request(str(series), str(tmp_path / "a"), output="personalized")
+    assert nib.load(path).shape == (COLS, ROWS, 3, 4)  # slice by slice, back as the series' volume
+    path, info = runner.run_request(str(series), str(tmp_path / "b"), output="dicom-seg")
+    seg = pydicom.dcmread(path)
+    assert info["segments"] == ["A1", "A2", "A3", "A4", "calibrated >= 0.5"]
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == info["segments"]
+    assert int(seg.NumberOfFrames) == 5 * 3  # every segment on every source frame
+    with pytest.raises(MultiRaterDataError, match="output 'mask' is not one of personalized, rater, agreement"):
+        runner.run_request(str(series), str(tmp_path / "c"), output="mask")
 
 
 def test_datalist_from_rater_tags(tmp_path):

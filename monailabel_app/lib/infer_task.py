@@ -4,7 +4,9 @@ MONAI Label's stock BundleInferTask reads one output key and writes one label ma
 bundle has R rater outputs, an agreement map and S samples, so this task runs the bundle's own
 inference (multirater_monai.serving.BundleInference) and returns the output the request asks for:
 
-    params {"output": "personalized" | "rater" | "agreement" | "samples", "rater": "A2", "num_samples": 8}
+    params {"output": "personalized" | "rater" | "agreement" | "samples" | "dicom-seg", "rater": "A2", "num_samples": 8}
+
+("dicom-seg" needs a DICOM series as the image: a DICOMweb datastore hands the task a series folder.)
 
 The result JSON names the file's channels (``channels``, ``label_names``), so a viewer can label them.
 """
@@ -19,7 +21,7 @@ from typing import Any
 
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from multirater_monai.serving import BundleInference, select_output
+from multirater_monai.serving import BundleInference
 
 logger = logging.getLogger(__name__)
 
@@ -54,16 +56,15 @@ class MultiRaterInferTask(InferTask):
         output = output[0] if isinstance(output, list) else output  # the info default is the list of choices
         rater = request.get("rater")
         rater = rater[0] if isinstance(rater, list) else rater
-        num_samples = request.get("num_samples") if self.runner.generative else None
+        num_samples = request.get("num_samples")
         out_dir = tempfile.mkdtemp(prefix=f"mr_{self.runner.name}_")
         with self._lock:
-            files = self.runner.run(request["image"], out_dir, num_samples=int(num_samples) if num_samples else None)
-        path, info = select_output(files, output, self.runner.rater_names, rater=rater,
-                                   agreement_key=self.runner.agreement_key)
+            path, info = self.runner.run_request(request["image"], out_dir, output=output, rater=rater,
+                                                 num_samples=int(num_samples) if num_samples else None)
         # MONAI Label removes the returned file after sending it; the rest of the run's files go now
-        for other in files.values():
-            if other != path and os.path.exists(other):
-                os.remove(other)
+        for name in os.listdir(out_dir):
+            if os.path.join(out_dir, name) != path:
+                os.remove(os.path.join(out_dir, name))
         info.update({"bundle": self.runner.name, "rater_names": self.runner.rater_names})
         logger.info(f"{self.runner.name}: {output} -> {path}")
         return path, info

@@ -9,7 +9,12 @@ choose the number of samples of a generative bundle and which output it gets bac
 * ``rater`` (with ``rater``: a name): that rater's mask alone, a binary label map;
 * ``agreement``: the agreement map in [0, 1] (mean of the samples, or the method's calibrated /
   consensus map for bundles without samples);
-* ``samples``: S plausible masks of a generative bundle.
+* ``samples``: S plausible masks of a generative bundle;
+* ``dicom-seg``: for a DICOM series folder, one DICOM-SEG holding every rater's mask and the agreement
+  map at 0.5 as segments (what OHIF and 3D Slicer load beside the series).
+
+A DICOM series (a folder) or a 3D volume through a 2D bundle runs slice by slice and comes back in the
+input's geometry (the bundle's ``slice_volumes``).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ __all__ = ["BundleInference", "select_output", "AGREEMENT_KEYS", "OUTPUT_CHOICES
 
 #: the bundle output that serves as "the agreement map", first present wins
 AGREEMENT_KEYS = ("agreement", "calibrated", "consensus")
-OUTPUT_CHOICES = ("personalized", "rater", "agreement", "samples")
+OUTPUT_CHOICES = ("personalized", "rater", "agreement", "samples", "dicom-seg")
 
 
 class BundleInference:
@@ -69,9 +74,13 @@ class BundleInference:
         parser.update({"bundle_root": str(self.bundle_root), **self.overrides, **(extra or {})})
         return parser
 
-    def run(self, image: str, output_dir: str, num_samples: int | None = None) -> dict[str, str]:
-        """Inference on one image (a file, or a DICOM series folder); returns ``{output name: NIfTI path}``."""
-        extra: dict[str, Any] = {"output_dir": str(output_dir), "save_overlays": False, "output_format": "nifti",
+    def run(self, image: str, output_dir: str, num_samples: int | None = None, dicom_seg: bool = False) -> dict[str, str]:
+        """Inference on one image (a file, or a DICOM series folder); returns ``{output name: path}``.
+
+        The NIfTI outputs always; with ``dicom_seg`` (a DICOM series input) also ``"dicom-seg"``: the SEG file.
+        """
+        extra: dict[str, Any] = {"output_dir": str(output_dir), "save_overlays": False,
+                                 "output_format": "nifti+dicom-seg" if dicom_seg else "nifti",
                                  "input_dir": None, "dataset#data": [{"image": str(image)}]}
         if num_samples is not None:
             if not self.generative:
@@ -83,8 +92,11 @@ class BundleInference:
         parser.get_parsed_content("initialize")
         parser.get_parsed_content("evaluator").run()
         stem = output_stem(str(image).rstrip(os.sep))
-        return {key: os.path.join(output_dir, f"{stem}_{key}.nii.gz") for key in self.outputs
-                if os.path.isfile(os.path.join(output_dir, f"{stem}_{key}.nii.gz"))}
+        files = {key: os.path.join(output_dir, f"{stem}_{key}.nii.gz") for key in self.outputs
+                 if os.path.isfile(os.path.join(output_dir, f"{stem}_{key}.nii.gz"))}
+        if dicom_seg:
+            files["dicom-seg"] = os.path.join(output_dir, f"{stem}_seg.dcm")
+        return files
 
     def describe(self) -> dict[str, Any]:
         """What a client can ask this bundle for."""
@@ -92,10 +104,25 @@ class BundleInference:
                 "generative": self.generative, "agreement_output": self.agreement_key,
                 "choices": [c for c in OUTPUT_CHOICES if c != "samples" or self.generative]}
 
+    def run_request(self, image: str, output_dir: str, output: str = "personalized", rater: str | None = None,
+                    num_samples: int | None = None) -> tuple[str, dict[str, Any]]:
+        """One client request: run, then :func:`select_output`; returns the file and what its channels are."""
+        if output not in OUTPUT_CHOICES:
+            raise MultiRaterDataError(f"output {output!r} is not one of {', '.join(OUTPUT_CHOICES)}; fix: pass one of them")
+        files = self.run(image, output_dir, num_samples=num_samples if self.generative else None,
+                         dicom_seg=output == "dicom-seg")
+        return select_output(files, output, self.rater_names, rater=rater, agreement_key=self.agreement_key)
+
 
 def select_output(files: Mapping[str, str], output: str, rater_names: list[str], rater: str | None = None,
                   agreement_key: str | None = None) -> tuple[str, dict[str, Any]]:
     """The file answering a request for ``output`` (see the module docstring), and what its channels are."""
+    if output == "dicom-seg":
+        if "dicom-seg" not in files:
+            raise MultiRaterDataError("no DICOM-SEG was written; fix: run with dicom_seg=True on a DICOM series folder")
+        segments = (list(rater_names) if "personalized" in files else []) + (
+            [f"{agreement_key} >= 0.5"] if agreement_key in files else [])
+        return files["dicom-seg"], {"output": "dicom-seg", "segments": segments}
     if output == "agreement":
         if agreement_key is None or agreement_key not in files:
             raise MultiRaterDataError(f"this bundle writes no agreement map ({sorted(files)}); fix: ask for one of them")
