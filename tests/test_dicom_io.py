@@ -86,6 +86,15 @@ def test_seg_writer_puts_each_mask_on_its_source_frame(series, tmp_path):
         np.testing.assert_array_equal(frames[2][position], hu >= -300)
         assert 0 < frames[1][position].sum() < frames[2][position].sum() < ROWS * COLS
 
+    # the picture of the SEG on its series: by default the slice the segments mark most, the last one here
+    # (the blob grows with the slice, the body does not)
+    from multirater_monai.visualize import render_seg_overlay
+
+    seg_path = str(tmp_path / "out" / "ct_series_seg.dcm")
+    default = Path(render_seg_overlay(seg_path, str(folder), str(tmp_path / "default.png"))).read_bytes()
+    assert default == Path(render_seg_overlay(seg_path, str(folder), str(tmp_path / "s3.png"), slice_index=3)).read_bytes()
+    assert default != Path(render_seg_overlay(seg_path, str(folder), str(tmp_path / "s0.png"), slice_index=0)).read_bytes()
+
 
 def test_seg_output_of_a_nifti_input_names_the_fix(tmp_path):
     from monai.data import MetaTensor
