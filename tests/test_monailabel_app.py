@@ -168,8 +168,10 @@ def test_per_rater_masks_and_agreement_over_http(server, tmp_path):
         assert result["channels"] == RATERS and result["label_names"] == {"A1": 1, "A2": 2, "A3": 3, "A4": 4}
         one, result = _infer(base, model, "img1", {"output": "rater", "rater": "A2"}, tmp_path)
         assert result["rater"] == "A2" and one.shape == SHAPE
-        # the untrained networks are deterministic in eval mode: the same request gives the same channel
-        np.testing.assert_array_equal(one, stack[..., 1])
+        # the untrained networks are deterministic in eval mode: the same request gives the same channel,
+        # as label 2 (the task's labels name value 2 "A2")
+        np.testing.assert_array_equal(one, 2 * stack[..., 1])
+        assert result["label_names"] == {"A2": 2}
         agreement, result = _infer(base, model, "img1", {"output": "agreement"}, tmp_path)
         assert agreement.shape == SHAPE and agreement.dtype == np.float32
         assert 0.0 <= agreement.min() and agreement.max() <= 1.0

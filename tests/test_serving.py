@@ -52,8 +52,8 @@ def test_per_rater_request_choices(tmp_path, image):
     assert stack.shape == (40, 36, 4) and set(np.unique(stack)) <= {0, 1}
     assert info["label_names"] == {"A1": 1, "A2": 2, "A3": 3, "A4": 4}
     path, info = select_output(files, "rater", runner.rater_names, rater="A3")
-    np.testing.assert_array_equal(nib.load(path).get_fdata(), stack[..., 2])
-    assert info == {"output": "rater", "rater": "A3", "channels": ["A3"], "label_names": {"A3": 1}}
+    np.testing.assert_array_equal(nib.load(path).get_fdata(), 3 * stack[..., 2])  # A3's mask holds label 3
+    assert info == {"output": "rater", "rater": "A3", "channels": ["A3"], "label_names": {"A3": 3}}
     path, info = select_output(files, "agreement", runner.rater_names, agreement_key=runner.agreement_key)
     agreement = nib.load(path).get_fdata()
     assert agreement.shape == (40, 36) and 0 <= agreement.min() and agreement.max() <= 1

@@ -6,7 +6,9 @@ served result is the file that ``python -m monai.bundle run`` would write. Per r
 choose the number of samples of a generative bundle and which output it gets back:
 
 * ``personalized``: the R per-rater masks, one channel per rater (named after the bundle's raters);
-* ``rater`` (with ``rater``: a name): that rater's mask alone, a binary label map;
+* ``rater`` (with ``rater``: a name): that rater's mask alone as a label map whose value is the rater's
+  number (A2's mask holds 2), so a viewer that names label values from the task's labels
+  (``{"A1": 1, "A2": 2, ...}``) names it after the rater;
 * ``agreement``: the agreement map in [0, 1] (mean of the samples, or the method's calibrated /
   consensus map for bundles without samples);
 * ``samples``: S plausible masks of a generative bundle;
@@ -146,5 +148,6 @@ def select_output(files: Mapping[str, str], output: str, rater_names: list[str],
     if len(rater_names) > 1:  # the per-rater axis is the last one (SaveOutputsd)
         data = data[..., rater_names.index(rater)]
     path = files["personalized"].replace("_personalized.nii.gz", f"_{rater}.nii.gz")
-    nib.save(nib.Nifti1Image(data.astype(np.uint8), stack.affine), path)
-    return path, {"output": "rater", "rater": rater, "channels": [rater], "label_names": {rater: 1}}
+    value = rater_names.index(rater) + 1
+    nib.save(nib.Nifti1Image((data > 0).astype(np.uint8) * value, stack.affine), path)
+    return path, {"output": "rater", "rater": rater, "channels": [rater], "label_names": {rater: value}}
