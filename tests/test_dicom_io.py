@@ -152,7 +152,7 @@ def test_bundle_cli_reads_a_series_and_writes_seg_equal_to_nifti(series, tmp_pat
     log = bundle_ok(["run", "--config_file", str(_configs(name) / "inference.json"), "--bundle_root", str(root),
                      "--input_dir", str(folder.parent), "--output_dir", str(out), "--output_format", "nifti+dicom-seg",
                      *TINY[name]])
-    assert "[inference] wrote 1 image(s)" in log
+    assert f"[inference] wrote 1 image(s): calibrated, personalized, DICOM-SEG in {out}" in log
     personalized = nib.load(out / "ct_series_personalized.nii.gz")
     calibrated = nib.load(out / "ct_series_calibrated.nii.gz")
     # a 2D bundle on a 4-slice series: one volume in the series' grid, (columns, rows, slices, raters)
