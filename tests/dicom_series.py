@@ -27,10 +27,16 @@ def hounsfield_phantom(num_slices: int, seed: int = 0) -> np.ndarray:
     return volume + rng.normal(0, 5, volume.shape)
 
 
-def write_ct_series(folder: Path, num_slices: int = 4, seed: int = 0, shuffle_files: bool = True) -> list[Path]:
-    """Write ``num_slices`` axial CT slices (one file each) into ``folder``; returns the files in slice order.
+AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)  # rows run feet-ward; slices step along the normal
 
-    Files are named in a shuffled order so a reader must sort by position, not by name.
+
+def write_ct_series(folder: Path, num_slices: int = 4, seed: int = 0, shuffle_files: bool = True,
+                    orientation: tuple = AXIAL) -> list[Path]:
+    """Write ``num_slices`` CT slices (one file each, ``orientation`` as ImageOrientationPatient) into ``folder``.
+
+    Returns the files in slice order. Files are named in a shuffled order so a reader must sort by
+    position, not by name; slice k lies at ``ORIGIN + k * SLICE_THICKNESS * normal``.
     """
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -57,12 +63,13 @@ def write_ct_series(folder: Path, num_slices: int = 4, seed: int = 0, shuffle_fi
         ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "ACC0001", ""
         ds.Modality, ds.Manufacturer, ds.SeriesNumber, ds.InstanceNumber = "CT", "multirater_monai tests", 3, z + 1
         ds.PositionReferenceIndicator = ""
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImagePositionPatient = [ORIGIN[0], ORIGIN[1], ORIGIN[2] + z * SLICE_THICKNESS]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL" if tuple(orientation) == AXIAL else "OTHER"]
+        normal = np.cross(orientation[:3], orientation[3:])
+        ds.ImagePositionPatient = [float(v) for v in np.asarray(ORIGIN) + z * SLICE_THICKNESS * normal]
+        ds.ImageOrientationPatient = [float(v) for v in orientation]
         ds.PixelSpacing = list(PIXEL_SPACING)
         ds.SliceThickness = SLICE_THICKNESS
-        ds.SliceLocation = ORIGIN[2] + z * SLICE_THICKNESS
+        ds.SliceLocation = float(np.dot(ds.ImagePositionPatient, normal))
         ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = RESCALE_SLOPE, RESCALE_INTERCEPT, "HU"
         ds.KVP, ds.WindowCenter, ds.WindowWidth = 120, 40, 400
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"

@@ -66,12 +66,16 @@ def series(tmp_path) -> tuple[Path, list[Path]]:
     return folder, write_ct_series(folder, num_slices=4)
 
 
-def test_seg_writer_puts_each_mask_on_its_source_frame(series, tmp_path):
+@pytest.mark.parametrize("orientation", ["axial", "coronal"])
+def test_seg_writer_puts_each_mask_on_its_source_frame(orientation, tmp_path):
     from monai.transforms import LoadImaged
 
     from multirater_monai.transforms import SaveDicomSegd
 
-    folder, files = series
+    from .dicom_series import AXIAL, CORONAL
+
+    folder = tmp_path / "inputs" / "ct_series"
+    files = write_ct_series(folder, num_slices=4, orientation={"axial": AXIAL, "coronal": CORONAL}[orientation])
     image = LoadImaged("image", image_only=True, ensure_channel_first=True)({"image": str(folder)})["image"]
     item = {"image": image, "personalized": (image > 100).float(), "agreement": (image >= -300).float() * 0.75}
     SaveDicomSegd(["personalized"], str(tmp_path / "out"), segment_names={"personalized": ["blob"]},
