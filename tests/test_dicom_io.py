@@ -111,6 +111,19 @@ def test_seg_output_of_a_nifti_input_names_the_fix(tmp_path):
         SaveDicomSegd(["personalized"], str(tmp_path))({"personalized": mask})
 
 
+def test_two_series_in_one_folder_stop_before_any_work(tmp_path):
+    from multirater_monai.utils import list_input_images
+
+    write_ct_series(tmp_path / "in" / "mixed", num_slices=2, seed=0)
+    write_ct_series(tmp_path / "other", num_slices=2, seed=1)
+    for f in (tmp_path / "other").iterdir():
+        f.rename(tmp_path / "in" / "mixed" / f"b_{f.name}")
+    write_ct_series(tmp_path / "in" / "good", num_slices=2, seed=2)
+    with pytest.raises(MultiRaterDataError, match=r"in/mixed holds 2 DICOM series; fix: put each series in its own folder"):
+        list_input_images(str(tmp_path / "in"))
+    assert list_input_images(str(tmp_path / "in" / "good")) == [{"image": str(tmp_path / "in" / "good")}]
+
+
 def test_unknown_output_format_names_the_choices():
     from multirater_monai.utils import output_formats
 

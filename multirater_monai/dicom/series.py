@@ -14,7 +14,8 @@ import numpy as np
 
 from ..utils.errors import MultiRaterDataError
 
-__all__ = ["is_dicom_file", "is_dicom_series_dir", "dicom_series_folders", "read_series", "frame_voxel_indices"]
+__all__ = ["is_dicom_file", "is_dicom_series_dir", "dicom_series_folders", "read_series", "require_one_series",
+           "frame_voxel_indices"]
 
 
 def is_dicom_file(path: str) -> bool:
@@ -46,6 +47,23 @@ def dicom_series_folders(folder: str) -> list[str]:
     return [s for s in subs if os.path.isdir(s) and is_dicom_series_dir(s)]
 
 
+def _require_one(folder: str, datasets: list) -> None:
+    series = {str(ds.get("SeriesInstanceUID", "")) for ds in datasets}
+    if len(series) != 1:
+        raise MultiRaterDataError(
+            f"{folder} holds {len(series)} DICOM series; fix: put each series in its own folder "
+            "(MONAI's readers load one folder as one volume)"
+        )
+
+
+def require_one_series(folder: str) -> str:
+    """``folder`` if its DICOM files are one series (headers only); else one clear error before any work."""
+    import pydicom
+
+    _require_one(folder, [pydicom.dcmread(f, stop_before_pixels=True) for f in _dicom_files(str(folder))])
+    return folder
+
+
 def read_series(folder: str) -> list:
     """The series' instances (pydicom datasets) sorted along the slice normal; one series per folder."""
     import pydicom
@@ -54,12 +72,7 @@ def read_series(folder: str) -> list:
     if not files:
         raise MultiRaterDataError(f"{folder} holds no DICOM file; fix: pass the folder of one DICOM series")
     datasets = [pydicom.dcmread(f) for f in files]
-    series = {str(ds.get("SeriesInstanceUID", "")) for ds in datasets}
-    if len(series) != 1:
-        raise MultiRaterDataError(
-            f"{folder} holds {len(series)} DICOM series; fix: put each series in its own folder "
-            "(MONAI's readers load one folder as one volume)"
-        )
+    _require_one(folder, datasets)
     missing = [f for f, ds in zip(files, datasets) if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds]
     if missing:
         raise MultiRaterDataError(

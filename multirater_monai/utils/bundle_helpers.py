@@ -85,9 +85,9 @@ def list_input_images(input_dir: str | None = None, datalist: str | None = None,
     if input_dir:
         if not os.path.isdir(input_dir):
             raise MultiRaterDataError(f"input_dir {input_dir} is not a folder; pass --input_dir with a folder of images")
-        from ..dicom.series import dicom_series_folders
+        from ..dicom.series import dicom_series_folders, require_one_series
 
-        series = dicom_series_folders(input_dir)
+        series = [require_one_series(s) for s in dicom_series_folders(input_dir)]
         if series == [str(input_dir)]:
             return [{"image": str(input_dir)}]
         files = sorted({f for pattern in _IMAGE_PATTERNS for f in glob.glob(os.path.join(input_dir, pattern))})
