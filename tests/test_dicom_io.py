@@ -223,3 +223,26 @@ def test_hd_reads_the_seg_back(series, tmp_path):
     assert volume.array.shape[-1] == 3
     assert volume.array[..., 0].sum() < volume.array[..., 1].sum() < volume.array[..., 2].sum()
     assert json.dumps(seg.get_source_image_uids())  # the referenced series and instances are readable
+
+
+@pytest.mark.parametrize("image_size", [None, [64, 64]])
+def test_volume_preprocessing_keeps_the_slices_and_inverts(image_size, tmp_path):
+    # a 2D bundle's preprocessing on a (30, 26, 5) volume: height and width resized / padded, 5 slices kept,
+    # and Invertd gives a network output back on the volume's grid (what the NIfTI and SEG writers need)
+    from monai.transforms import Invertd
+
+    from multirater_monai.transforms import MultiRaterPreprocessing
+
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((30, 26, 5)).astype(np.float32), np.eye(4)),
+             tmp_path / "v.nii.gz")
+    pre = MultiRaterPreprocessing(spatial_dims=2, image_size=image_size, spatial_divisor=16, slice_volumes=True)
+    item = pre({"image": str(tmp_path / "v.nii.gz")})
+    assert tuple(item["image"].shape) == ((1, 64, 64, 5) if image_size else (1, 32, 32, 5))
+    item["pred"] = item["image"].repeat(3, 1, 1, 1)
+    assert tuple(Invertd("pred", pre, orig_keys="image")(item)["pred"].shape) == (3, 30, 26, 5)
+    from multirater_monai.utils import find_data_error
+
+    with pytest.raises(RuntimeError) as info:  # MONAI's Compose wraps the project's error
+        MultiRaterPreprocessing(spatial_dims=2)({"image": str(tmp_path / "v.nii.gz")})
+    assert "which is not 2D; fix:" in str(find_data_error(info.value))
+    assert str(find_data_error(info.value)).endswith("(inference: --slice_volumes True runs a 2D bundle slice by slice).")

@@ -91,11 +91,16 @@ class MultiRaterPreprocessing(MapTransform, InvertibleTransform):
             a_min, a_max = (float(v) for v in intensity_range)
             steps.append(ScaleIntensityRanged(image_key, a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True))
         if image_size is not None:
-            steps.append(Resized(keys, spatial_size=list(image_size), mode=["bilinear", "nearest"],
-                                 allow_missing_keys=True))
+            resize = {"mode": ["bilinear", "nearest"], "allow_missing_keys": True}
+            planar = Resized(keys, spatial_size=list(image_size), **resize)
+            # -1: MONAI keeps that axis' size (the slices)
+            steps.append(_InPlaned(keys, planar, Resized(keys, spatial_size=[*image_size, -1], **resize))
+                         if slice_volumes else planar)
         if int(spatial_divisor) > 1:
-            steps.append(_InPlaneDivisiblePadd(keys, int(spatial_divisor)) if slice_volumes
-                         else DivisiblePadd(keys, k=int(spatial_divisor), allow_missing_keys=True))
+            planar = DivisiblePadd(keys, k=int(spatial_divisor), allow_missing_keys=True)
+            steps.append(_InPlaned(keys, planar, DivisiblePadd(keys, k=(int(spatial_divisor),) * 2 + (1,),
+                                                               allow_missing_keys=True))
+                         if slice_volumes else planar)
         steps.append(EnsureTyped(keys, dtype=torch.float32, allow_missing_keys=True))
         self.steps = Compose(steps)
         self.spatial_divisor = int(spatial_divisor)
@@ -108,20 +113,20 @@ class MultiRaterPreprocessing(MapTransform, InvertibleTransform):
         return self.steps.inverse(data)
 
 
-class _InPlaneDivisiblePadd(MapTransform, InvertibleTransform):
-    """``DivisiblePadd`` of height and width only: a volume run slice by slice keeps its number of slices."""
+class _InPlaned(MapTransform, InvertibleTransform):
+    """A spatial step of height and width only: ``planar`` on 2D items, ``volume`` (the same step, the slice
+    axis untouched) on volumes run slice by slice, so a volume keeps its number of slices."""
 
-    def __init__(self, keys, k: int) -> None:
+    def __init__(self, keys, planar: MapTransform, volume: MapTransform) -> None:
         super().__init__(keys, allow_missing_keys=True)
-        self.pad_2d = DivisiblePadd(keys, k=k, allow_missing_keys=True)
-        self.pad_3d = DivisiblePadd(keys, k=(k, k, 1), allow_missing_keys=True)
+        self.planar, self.volume = planar, volume
 
-    def _padder(self, data: Mapping[Hashable, Any]) -> DivisiblePadd:
+    def _step(self, data: Mapping[Hashable, Any]) -> MapTransform:
         first = next(data[key] for key in self.key_iterator(dict(data)))
-        return self.pad_3d if first.ndim == 4 else self.pad_2d
+        return self.volume if first.ndim == 4 else self.planar
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
-        return self._padder(data)(data)
+        return self._step(data)(data)
 
     def inverse(self, data: Mapping[Hashable, Any]) -> dict:
-        return self._padder(data).inverse(data)
+        return self._step(data).inverse(data)
