@@ -12,7 +12,6 @@ order, realistic tags). Known answers:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import nibabel as nib
@@ -23,7 +22,7 @@ import torch
 
 from multirater_monai.utils.errors import MultiRaterDataError
 
-from .bundle_runner import TINY, bundle, bundle_ok
+from .bundle_runner import TINY, bundle_ok
 from .dicom_series import COLS, ROWS, write_ct_series
 from .test_bundles_common import _configs, _network
 
@@ -222,7 +221,9 @@ def test_hd_reads_the_seg_back(series, tmp_path):
     volume = seg.get_volume(combine_segments=False)
     assert volume.array.shape[-1] == 3
     assert volume.array[..., 0].sum() < volume.array[..., 1].sum() < volume.array[..., 2].sum()
-    assert json.dumps(seg.get_source_image_uids())  # the referenced series and instances are readable
+    sources = [pydicom.dcmread(f) for f in files]
+    assert sorted(seg.get_source_image_uids()) == sorted(
+        (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID) for ds in sources)
 
 
 @pytest.mark.parametrize("image_size", [None, [64, 64]])

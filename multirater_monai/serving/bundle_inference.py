@@ -50,8 +50,6 @@ class BundleInference:
 
     def __init__(self, bundle_dir: str | os.PathLike, bundle_root: str | os.PathLike | None = None,
                  overrides: Mapping[str, Any] | None = None) -> None:
-        from monai.bundle import ConfigParser
-
         self.bundle_dir = Path(bundle_dir)
         self.name = self.bundle_dir.name
         self.config_file = self.bundle_dir / "configs" / "inference.json"
