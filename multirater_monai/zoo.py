@@ -11,6 +11,7 @@ Rebuild after changing a bundle::
     python -m multirater_monai.zoo record bundles/NAME "note"   # eval/metrics.json -> docs/reference_metrics.json
     python -m multirater_monai.zoo build          # rewrite model_zoo.json
     python -m multirater_monai.zoo check          # exit 1 if model_zoo.json is stale
+    python -m multirater_monai.zoo channels       # rewrite each metadata.json's channel_def from its network
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-__all__ = ["REPO_ROOT", "WEIGHT_FILES", "weight_checksums", "bundle_files", "bundle_zip_bytes", "build_index", "write_index", "check_index", "record_reference_metrics"]
+__all__ = ["REPO_ROOT", "WEIGHT_FILES", "weight_checksums", "bundle_files", "bundle_zip_bytes", "build_index", "write_index",
+           "check_index", "record_reference_metrics", "expected_channel_def", "write_channel_defs"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 INDEX_NAME = "model_zoo.json"
@@ -148,6 +150,31 @@ def record_reference_metrics(bundle_dir: Path | str, note: str = "") -> Path:
     return target
 
 
+def expected_channel_def(bundle_dir: Path | str) -> dict[str, str]:
+    """The ``channel_def`` of the bundle's output as its ``inference.json`` network defines it, one key per channel."""
+    from monai.bundle import ConfigParser
+
+    from .networks import channel_def
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(bundle_dir) / "configs" / "inference.json"))
+    return channel_def(parser.get_parsed_content("network_def"), parser.get_parsed_content("rater_names"))
+
+
+def write_channel_defs(repo_root: Path | str = REPO_ROOT) -> list[Path]:
+    """Rewrite ``network_data_format.outputs.pred`` (``channel_def``, ``num_channels``) of every bundle's metadata."""
+    written = []
+    for bundle_dir in sorted(p for p in (Path(repo_root) / "bundles").iterdir() if (p / "configs" / "metadata.json").is_file()):
+        path = bundle_dir / "configs" / "metadata.json"
+        meta = json.loads(path.read_text())
+        pred = meta["network_data_format"]["outputs"]["pred"]
+        pred["channel_def"] = expected_channel_def(bundle_dir)
+        pred["num_channels"] = len(pred["channel_def"])
+        path.write_text(json.dumps(meta, indent=4) + "\n")
+        written.append(path)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = argv[0] if argv else "build"
@@ -170,7 +197,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print("model_zoo.json is up to date")
         return 0
-    print('usage: python -m multirater_monai.zoo [build | check | record bundles/NAME "how the run was made"]')
+    if command == "channels":
+        for path in write_channel_defs():
+            print(f"wrote {path}")
+        return 0
+    print('usage: python -m multirater_monai.zoo [build | check | channels | record bundles/NAME "how the run was made"]')
     return 2
 
 

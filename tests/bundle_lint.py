@@ -8,7 +8,9 @@ Rules (docs/DESIGN.md section 2, README "Adding a method"):
 * no ``$`` expression longer than :data:`MAX_EXPRESSION` characters (``$import`` lines excepted);
 * the shared key paths of :data:`TRAIN_KEYS`, :data:`INFERENCE_KEYS`, :data:`EVALUATE_KEYS` are present,
   and two-stage bundles (a ``stage2`` section) also have :data:`STAGE2_KEYS`;
-* training, validation, evaluation and inference use the one ``preprocessing`` component.
+* training, validation, evaluation and inference use the one ``preprocessing`` component;
+* ``metadata.json`` names every output channel on its own (keys "0".."C-1", no range key such as "0-3":
+  MONAI Label's stock bundle tasks read the keys as integers and stopped the server on a range).
 """
 
 from __future__ import annotations
@@ -78,10 +80,25 @@ def config_problems(path: Path) -> list[str]:
     return problems
 
 
+def channel_def_problems(path: Path) -> list[str]:
+    """Problems of one metadata file's output ``channel_def``: every channel its own integer key, all present."""
+    problems = []
+    outputs = json.loads(path.read_text()).get("network_data_format", {}).get("outputs", {})
+    for name, spec in outputs.items():
+        keys = list(spec.get("channel_def", {}))
+        expected = [str(i) for i in range(int(spec.get("num_channels", 0)))]
+        if keys != expected:
+            problems.append(f"{path.relative_to(REPO_ROOT)}: outputs#{name}#channel_def has keys {keys}, not one key per "
+                            f"channel {expected[:3] + ['...'] if len(expected) > 3 else expected}; fix: "
+                            "python -m multirater_monai.zoo channels")
+    return problems
+
+
 def bundle_problems(bundle_dir: Path) -> list[str]:
     """Problems of one bundle: every config, the shared keys, one preprocessing."""
     configs = bundle_dir / "configs"
     problems = [p for f in sorted(configs.glob("*.json")) if f.name != "metadata.json" for p in config_problems(f)]
+    problems += channel_def_problems(configs / "metadata.json")
     docs = {name: json.loads((configs / f"{name}.json").read_text()) for name in ("train", "inference", "evaluate")}
     required = {"train": TRAIN_KEYS + (STAGE2_KEYS if "stage2" in docs["train"] else ()),
                 "inference": INFERENCE_KEYS, "evaluate": EVALUATE_KEYS}

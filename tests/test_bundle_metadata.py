@@ -85,3 +85,57 @@ def test_record_reference_metrics_from_summary_and_from_table(tmp_path):
         {"settings": [], "rows": [{"setting": "Stage I", "ged": 0.5}, {"setting": "Stage II", "ged": 0.25}]}))
     saved = json.loads(zoo.record_reference_metrics(bundle, "run B").read_text())
     assert saved["metrics"] == {"Stage I": {"ged": 0.5}, "Stage II": {"ged": 0.25}}
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_channel_def_names_every_channel_of_the_inference_network(bundle):
+    # MONAI Label's stock bundle tasks parse channel_def keys as integers: one key per channel, in order.
+    pred = json.loads((REPO_ROOT / "bundles" / bundle / "configs" / "metadata.json").read_text())[
+        "network_data_format"]["outputs"]["pred"]
+    assert list(pred["channel_def"]) == [str(i) for i in range(pred["num_channels"])]
+    assert pred["channel_def"] == zoo.expected_channel_def(REPO_ROOT / "bundles" / bundle), (
+        "stale channel_def; run: python -m multirater_monai.zoo channels")
+
+
+class _Groups:
+    """A stand-in with the method interface's output description (what channel naming reads)."""
+
+    def __init__(self, groups, num_raters, num_structures=1):
+        self.groups, self.num_raters, self.num_structures = groups, num_raters, num_structures
+
+    def output_groups(self):
+        return self.groups
+
+
+def test_channel_names_of_known_layouts():
+    from multirater_monai.networks import output_channel_names
+
+    # AVAP's layout, R = 2 raters, K = 2 structures: K * (R + 1) = 6 agreement classes, then K * R = 4 masks
+    avap = _Groups({"agreement_logits": 6, "personalized": 4}, num_raters=2, num_structures=2)
+    assert [n for n, _ in output_channel_names(avap, ["ann", "bob"])] == [
+        "s1_agreement_0", "s1_agreement_1", "s1_agreement_2", "s2_agreement_0", "s2_agreement_1", "s2_agreement_2",
+        "s1_ann", "s1_bob", "s2_ann", "s2_bob"]
+    both = _Groups({"personalized": 3, "samples": 2}, num_raters=3)
+    assert output_channel_names(both, ["x", "y", "z"]) == [
+        ("x", "x: logit of rater x's personalized mask"), ("y", "y: logit of rater y's personalized mask"),
+        ("z", "z: logit of rater z's personalized mask"),
+        ("sample_1", "sample_1: logit of plausible segmentation 1 of 2"),
+        ("sample_2", "sample_2: logit of plausible segmentation 2 of 2")]
+    with pytest.raises(ValueError, match="2 rater names"):
+        output_channel_names(both, ["x", "y"])
+    with pytest.raises(ValueError, match="group 'personalized' has 5 channels, named 3"):
+        output_channel_names(_Groups({"personalized": 5}, num_raters=3), ["x", "y", "z"])
+
+
+def test_lint_refuses_range_keys(tmp_path):
+    from .bundle_lint import channel_def_problems
+
+    probe = REPO_ROOT / "bundles" / ".channel_probe.json"
+    try:
+        probe.write_text(json.dumps({"network_data_format": {"outputs": {"pred": {
+            "num_channels": 5, "channel_def": {"0-3": "raters", "4": "consensus"}}}}}))
+        assert channel_def_problems(probe) == [
+            "bundles/.channel_probe.json: outputs#pred#channel_def has keys ['0-3', '4'], not one key per channel "
+            "['0', '1', '2', '...']; fix: python -m multirater_monai.zoo channels"]
+    finally:
+        probe.unlink()

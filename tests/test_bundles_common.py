@@ -158,19 +158,35 @@ def test_inference_writes_every_layout_in_the_input_geometry(name, untrained_roo
     assert not list(out_dir.glob(".*")), "no temporary file may be left behind"
 
 
-def test_inference_on_a_3d_volume_names_the_file_and_the_fix(untrained_roots, tmp_path):
+@pytest.mark.slow
+def test_inference_on_a_3d_volume_runs_slice_by_slice_or_names_the_fix(untrained_roots, tmp_path):
     name = "prob_unet"
     folder = tmp_path / "volumes"
     folder.mkdir()
-    nib.save(nib.Nifti1Image(np.zeros((32, 32, 5), np.float32), AFFINE), folder / "vol.nii.gz")
-    proc = bundle(["run", "--config_file", str(_configs(name) / "inference.json"), "--bundle_root",
-                   str(untrained_roots[name]), "--input_dir", str(folder), "--output_dir", str(tmp_path / "o"), *TINY[name]])
+    volume = np.random.default_rng(1).random((32, 24, 5)).astype(np.float32)
+    nib.save(nib.Nifti1Image(volume, AFFINE), folder / "vol.nii.gz")
+    common = ["run", "--config_file", str(_configs(name) / "inference.json"), "--bundle_root", str(untrained_roots[name]),
+              "--input_dir", str(folder), *TINY[name], "--num_samples", "3"]
+    # default: a 2D bundle runs a volume slice by slice and writes a volume in the input's geometry
+    bundle_ok([*common, "--output_dir", str(tmp_path / "o")])
+    samples = nib.load(tmp_path / "o" / "vol_samples.nii.gz")
+    assert samples.shape == (32, 24, 5, 3) and np.allclose(samples.affine, AFFINE)
+    # slice 3 of the volume on its own, as a 2D image, gives slice 3 of the volume's output
+    single = tmp_path / "single"
+    single.mkdir()
+    nib.save(nib.Nifti1Image(volume[:, :, 3], AFFINE), single / "s3.nii.gz")
+    bundle_ok([*common[:5], "--input_dir", str(single), *common[7:], "--output_dir", str(tmp_path / "o2")])
+    np.testing.assert_array_equal(nib.load(tmp_path / "o2" / "s3_samples.nii.gz").get_fdata(),
+                                  samples.get_fdata()[:, :, 3])
+
+    proc = bundle([*common, "--output_dir", str(tmp_path / "o3"), "--slice_volumes", "False"])
     assert proc.returncode != 0
-    assert f"{folder / 'vol.nii.gz'} has channel-first shape (1, 32, 32, 5), which is not 2D; fix:" in proc.stderr
+    assert f"{folder / 'vol.nii.gz'} has channel-first shape (1, 32, 24, 5), which is not 2D; fix:" in proc.stderr
     # the project's message is the last line, after MONAI's "Failed to evaluate ConfigExpression" traceback
     assert "Failed to evaluate" in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"ERROR: {folder / 'vol.nii.gz'} has channel-first shape (1, 32, 32, 5), which is not 2D; fix:")
+    assert last.startswith(f"ERROR: {folder / 'vol.nii.gz'} has channel-first shape (1, 32, 24, 5), which is not 2D; fix:")
+    assert last.endswith("(inference: --slice_volumes True runs a 2D bundle slice by slice).")
 
 
 # ----------------------------------------------------------------------------- missing checkpoint

@@ -55,11 +55,18 @@ def _as_mask(rater_mask, num_raters: int) -> torch.Tensor:
     return mask
 
 
+def _is_series(path) -> bool:
+    from ..dicom.series import is_dicom_series_dir
+
+    return is_dicom_series_dir(path)
+
+
 class CheckFilesExist(Transform):
     """Raise ``MultiRaterDataError`` naming the first path (of a path or list of paths) that is not a file.
 
     Placed before ``LoadImage``, whose own error for a missing file does not say what to fix.
-    ``None`` entries (missing raters) are skipped.
+    ``None`` entries (missing raters) are skipped; a folder of DICOM files (one series, which MONAI's
+    readers load as one volume) counts as an image file.
     """
 
     def __init__(self, what: str = "image") -> None:
@@ -67,7 +74,7 @@ class CheckFilesExist(Transform):
 
     def __call__(self, filenames):
         for f in [filenames] if filenames is None or isinstance(filenames, (str, os.PathLike)) else filenames:
-            if f is not None and isinstance(f, (str, os.PathLike)) and not os.path.isfile(f):
+            if f is not None and isinstance(f, (str, os.PathLike)) and not (os.path.isfile(f) or _is_series(f)):
                 raise MultiRaterDataError(
                     f"{self.what} file {f} does not exist; fix: correct the path in the datalist "
                     "(paths are relative to the datalist's folder) or prepare the data set again."
@@ -101,12 +108,16 @@ class EnsureSpatialDims(InvertibleTransform):
     Trailing axes go first, then leading ones; the affine is reduced with each axis (MONAI
     ``SqueezeDim``). The original spatial shape and affine are recorded, so :meth:`inverse` puts a
     network output ``(C', *spatial)`` back into the file's geometry (``Invertd`` after inference).
+
+    With ``volume_slices`` a 2D network also takes volumes ``(C, H, W, D)`` (a CT series), which the
+    inference then runs slice by slice along the last axis; without it a volume is refused.
     """
 
-    def __init__(self, spatial_dims: int) -> None:
+    def __init__(self, spatial_dims: int, volume_slices: bool = False) -> None:
         if spatial_dims not in (1, 2, 3):
             raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}.")
         self.spatial_dims = spatial_dims
+        self.volume_slices = bool(volume_slices) and spatial_dims == 2
         self._squeeze_last = SqueezeDim(dim=-1)
         self._squeeze_first = SqueezeDim(dim=1)
 
@@ -115,10 +126,12 @@ class EnsureSpatialDims(InvertibleTransform):
         original_affine = img.affine.clone() if isinstance(img, MetaTensor) else None
         while img.ndim - 1 > self.spatial_dims and (img.shape[-1] == 1 or img.shape[1] == 1):
             img = self._squeeze_last(img) if img.shape[-1] == 1 else self._squeeze_first(img)
-        if img.ndim - 1 != self.spatial_dims:
+        as_slices = self.volume_slices and img.ndim - 1 == self.spatial_dims + 1
+        if img.ndim - 1 != self.spatial_dims and not as_slices:
             raise MultiRaterDataError(
                 f"{name or source_name(img)} has channel-first shape {tuple(img.shape)}, which is not "
-                f"{self.spatial_dims}D; fix: set spatial_dims={img.ndim - 1} or resample/slice the file."
+                f"{self.spatial_dims}D; fix: set spatial_dims={img.ndim - 1} or resample/slice the file"
+                + (" (inference: --slice_volumes True runs a 2D bundle slice by slice)." if self.spatial_dims == 2 else ".")
             )
         if isinstance(img, MetaTensor):
             self.push_transform(img, orig_size=original_shape, extra_info={"affine": original_affine})

@@ -57,9 +57,10 @@ class CheckFinited(MapTransform):
 class EnsureSpatialDimsd(MapTransform, InvertibleTransform):
     """Dictionary twin of :class:`EnsureSpatialDims` (drop size-1 axes, e.g. QUBIQ's ``(H, W, 1)``); invertible."""
 
-    def __init__(self, keys: KeysCollection, spatial_dims: int, allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection, spatial_dims: int, volume_slices: bool = False,
+                 allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.converter = EnsureSpatialDims(spatial_dims)
+        self.converter = EnsureSpatialDims(spatial_dims, volume_slices)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)

@@ -7,6 +7,7 @@ from .last_epoch_validation import LastEpochValidationHandler
 from .loss_logging import LossTermsStatsHandler, loss_terms
 from .resume import ResumeCheckpoint, load_training_state
 from .run_summary import InferenceSummaryHandler
+from .slice_inferer import SliceWiseInferer
 from .trainer import MultiRaterTrainer
 from .two_stage import begin_stage
 
@@ -15,6 +16,7 @@ __all__ = [
     "MultiRaterTrainer",
     "LossTermsStatsHandler",
     "InferenceSummaryHandler",
+    "SliceWiseInferer",
     "loss_terms",
     "EvaluationTable",
     "format_settings_table",

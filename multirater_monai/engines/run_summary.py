@@ -18,11 +18,13 @@ class InferenceSummaryHandler:
     Args:
         output_dir: where the outputs were written.
         outputs: what was written per image (e.g. ``["personalized", "samples", "agreement"]``).
+        output_formats: the formats written (``nifti``: the outputs as NIfTI; ``dicom-seg``: one DICOM-SEG per series).
     """
 
-    def __init__(self, output_dir: str, outputs: Sequence[str] = ()) -> None:
+    def __init__(self, output_dir: str, outputs: Sequence[str] = (), output_formats: Sequence[str] = ("nifti",)) -> None:
         self.output_dir = str(output_dir)
         self.outputs = [str(o) for o in outputs]
+        self.output_formats = [str(f) for f in output_formats]
 
     def attach(self, engine: Any) -> None:
         engine.add_event_handler(Events.COMPLETED, self)
@@ -30,4 +32,6 @@ class InferenceSummaryHandler:
     def __call__(self, engine: Any) -> None:
         n_images = len(engine.data_loader.dataset)
         what = ", ".join(self.outputs) if self.outputs else "predictions"
+        if "dicom-seg" in self.output_formats:
+            what = f"{what}, DICOM-SEG" if "nifti" in self.output_formats else "DICOM-SEG"
         print(f"[inference] wrote {n_images} image(s): {what} in {self.output_dir}", flush=True)

@@ -15,6 +15,7 @@ from .blocks import (
     UNetFeatureBackbone,
     fixed_noise,
 )
+from .channel_names import channel_def, output_channel_names
 from .method import OUTPUT_GROUP_NAMES, MultiRaterMethod
 from .nets import (
     AVAP,
@@ -37,6 +38,8 @@ from .rater_batch import check_multirater_batch, random_present_rater
 
 __all__ = [
     "MultiRaterMethod",
+    "channel_def",
+    "output_channel_names",
     "OUTPUT_GROUP_NAMES",
     "BACKBONE_ENCODERS",
     "BackboneConfig",

@@ -2,6 +2,7 @@
 
 from .method_outputs import MethodOutputsd
 from .preprocessing import MultiRaterPreprocessing
+from .save_dicom_seg import SaveDicomSegd
 from .save_outputs import SaveOutputsd
 
-__all__ = ["MultiRaterPreprocessing", "MethodOutputsd", "SaveOutputsd"]
+__all__ = ["MultiRaterPreprocessing", "MethodOutputsd", "SaveOutputsd", "SaveDicomSegd"]

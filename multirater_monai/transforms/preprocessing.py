@@ -11,7 +11,9 @@ component, one ``_target_``, with every choice an argument that a config can ove
    grid and set ``rater_mask``; optionally rank the raters by area (the LIDC convention);
 3. window the intensities to [0, 1] (``intensity_range``), optionally resize;
 4. pad height and width to a multiple of the network's ``spatial_divisor`` (MONAI ``DivisiblePad``),
-   so any image size works;
+   so any image size works; with ``slice_volumes`` a 2D bundle also takes a volume ``(C, H, W, D)``
+   (a DICOM series folder, a 3D NIfTI), padded in-plane only, which the inference runs slice by slice
+   (:class:`multirater_monai.engines.SliceWiseInferer`);
 5. float32 tensors.
 
 It is deterministic and not a ``Compose`` (MONAI counts a ``Compose`` as random, and ``CacheDataset``
@@ -53,6 +55,7 @@ class MultiRaterPreprocessing(MapTransform, InvertibleTransform):
         intensity_range: ``[a_min, a_max]`` mapped to [0, 1] with clipping; None keeps the intensities.
         image_size: resize image and rater stack to this spatial size (None: keep the size).
         spatial_divisor: pad height/width to a multiple of it (the network's ``spatial_divisor``).
+        slice_volumes: with ``spatial_dims=2``, keep 3D volumes (to be run slice by slice) instead of refusing them.
         image_key, label_key, rater_mask_key: keys of the item.
     """
 
@@ -64,6 +67,7 @@ class MultiRaterPreprocessing(MapTransform, InvertibleTransform):
         intensity_range: Sequence[float] | None = None,
         image_size: Sequence[int] | None = None,
         spatial_divisor: int = 1,
+        slice_volumes: bool = False,
         image_key: str = "image",
         label_key: str = "label",
         rater_mask_key: str = "rater_mask",
@@ -75,7 +79,7 @@ class MultiRaterPreprocessing(MapTransform, InvertibleTransform):
             CheckFilesExistd(image_key),
             LoadImaged(image_key, image_only=True),
             EnsureChannelFirstd(image_key),
-            *([EnsureSpatialDimsd(image_key, spatial_dims)] if spatial_dims is not None else []),
+            *([EnsureSpatialDimsd(image_key, spatial_dims, slice_volumes)] if spatial_dims is not None else []),
             CheckFinited(image_key),
             # the label is absent at inference: these steps then leave the item as it is
             LoadRaterStackd(label_key, rater_mask_key=rater_mask_key, image_key=image_key, num_raters=num_raters,
@@ -87,10 +91,16 @@ class MultiRaterPreprocessing(MapTransform, InvertibleTransform):
             a_min, a_max = (float(v) for v in intensity_range)
             steps.append(ScaleIntensityRanged(image_key, a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True))
         if image_size is not None:
-            steps.append(Resized(keys, spatial_size=list(image_size), mode=["bilinear", "nearest"],
-                                 allow_missing_keys=True))
+            resize = {"mode": ["bilinear", "nearest"], "allow_missing_keys": True}
+            planar = Resized(keys, spatial_size=list(image_size), **resize)
+            # -1: MONAI keeps that axis' size (the slices)
+            steps.append(_InPlaned(keys, planar, Resized(keys, spatial_size=[*image_size, -1], **resize))
+                         if slice_volumes else planar)
         if int(spatial_divisor) > 1:
-            steps.append(DivisiblePadd(keys, k=int(spatial_divisor), allow_missing_keys=True))
+            planar = DivisiblePadd(keys, k=int(spatial_divisor), allow_missing_keys=True)
+            steps.append(_InPlaned(keys, planar, DivisiblePadd(keys, k=(int(spatial_divisor),) * 2 + (1,),
+                                                               allow_missing_keys=True))
+                         if slice_volumes else planar)
         steps.append(EnsureTyped(keys, dtype=torch.float32, allow_missing_keys=True))
         self.steps = Compose(steps)
         self.spatial_divisor = int(spatial_divisor)
@@ -101,3 +111,22 @@ class MultiRaterPreprocessing(MapTransform, InvertibleTransform):
     def inverse(self, data: Mapping[Hashable, Any]) -> dict:
         """Undo the padding, resizing and axis squeezing (``Invertd`` calls this on network outputs)."""
         return self.steps.inverse(data)
+
+
+class _InPlaned(MapTransform, InvertibleTransform):
+    """A spatial step of height and width only: ``planar`` on 2D items, ``volume`` (the same step, the slice
+    axis untouched) on volumes run slice by slice, so a volume keeps its number of slices."""
+
+    def __init__(self, keys, planar: MapTransform, volume: MapTransform) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.planar, self.volume = planar, volume
+
+    def _step(self, data: Mapping[Hashable, Any]) -> MapTransform:
+        first = next(data[key] for key in self.key_iterator(dict(data)))
+        return self.volume if first.ndim == 4 else self.planar
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        return self._step(data)(data)
+
+    def inverse(self, data: Mapping[Hashable, Any]) -> dict:
+        return self._step(data).inverse(data)

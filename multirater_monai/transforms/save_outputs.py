@@ -50,18 +50,20 @@ class SaveOutputsd(MapTransform):
         output_dir: folder of the files (created if needed).
         mask_keys: keys saved as binary uint8 masks.
         threshold: the mask threshold.
+        enabled: False passes the item through (the bundle's ``output_format`` switch).
     """
 
     def __init__(self, keys: Sequence[str], output_dir: str, mask_keys: Sequence[str] = (),
-                 threshold: float = 0.5) -> None:
+                 threshold: float = 0.5, enabled: bool = True) -> None:
         super().__init__(keys, allow_missing_keys=True)
         self.output_dir = str(output_dir)
         self.mask_keys = set(mask_keys)
         self.threshold = float(threshold)
+        self.enabled = bool(enabled)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
-        for key in self.key_iterator(d):
+        for key in self.key_iterator(d) if self.enabled else ():
             self.save(d[key], str(key))
         return d
 
@@ -82,7 +84,8 @@ class SaveOutputsd(MapTransform):
         affine = np.asarray(meta.get(MetaKeys.ORIGINAL_AFFINE, value.affine), dtype=np.float64)
         if meta.get(MetaKeys.SPACE) == SpaceKeys.LPS:  # DICOM / ITK readers: NIfTI stores RAS
             affine = orientation_ras_lps(affine)
-        path = os.path.join(self.output_dir, f"{output_stem(meta[ImageMetaKey.FILENAME_OR_OBJ])}_{key}.nii.gz")
+        source = str(meta[ImageMetaKey.FILENAME_OR_OBJ]).rstrip(os.sep)  # a DICOM series folder: its name
+        path = os.path.join(self.output_dir, f"{output_stem(source)}_{key}.nii.gz")
         os.makedirs(self.output_dir, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.output_dir, prefix=".", suffix=".nii.gz")
         os.close(fd)

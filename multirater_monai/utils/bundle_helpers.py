@@ -9,6 +9,7 @@ from .errors import MultiRaterDataError
 
 __all__ = [
     "require_checkpoint", "require_writable_dir", "list_input_images", "default_bundle_root", "default_cache_root", "rater_names", "output_names",
+    "output_formats", "OUTPUT_FORMATS",
 ]
 
 _IMAGE_PATTERNS = ("*.nii.gz", "*.nii", "*.nrrd", "*.mha", "*.dcm")
@@ -52,6 +53,21 @@ def output_names(rater_names: list[str], num_structures: int = 1) -> list[str]:
     return [f"s{k + 1}_{name}" for k in range(int(num_structures)) for name in rater_names]
 
 
+OUTPUT_FORMATS = ("nifti", "dicom-seg")
+
+
+def output_formats(output_format: str) -> list[str]:
+    """``"nifti"``, ``"dicom-seg"`` or both joined by ``+`` -> the list of formats inference writes."""
+    formats = [f.strip().lower() for f in str(output_format).split("+") if f.strip()]
+    unknown = [f for f in formats if f not in OUTPUT_FORMATS]
+    if not formats or unknown:
+        raise MultiRaterDataError(
+            f"output_format {output_format!r} is not one of {', '.join(OUTPUT_FORMATS)} (or several joined by '+'); "
+            "fix: pass --output_format nifti, dicom-seg or nifti+dicom-seg"
+        )
+    return formats
+
+
 def require_checkpoint(path: str, network=None) -> str:
     """Return ``path`` if the checkpoint exists; otherwise stop with the command that makes it.
 
@@ -75,20 +91,28 @@ def require_checkpoint(path: str, network=None) -> str:
 
 
 def list_input_images(input_dir: str | None = None, datalist: str | None = None, datalist_key: str = "test") -> list[dict]:
-    """Images to run inference on: every image file in ``input_dir`` if given, else a datalist section.
+    """Images to run inference on: every image in ``input_dir`` if given, else a datalist section.
 
+    An image is an image file, or a DICOM series folder (``input_dir`` itself when it holds DICOM files,
+    else each sub-folder that does): MONAI's readers load a series folder as one volume.
     Returns MONAI-style items ``[{"image": path}, ...]``; raises one clear error when nothing is found.
     """
     if input_dir:
         if not os.path.isdir(input_dir):
             raise MultiRaterDataError(f"input_dir {input_dir} is not a folder; pass --input_dir with a folder of images")
+        from ..dicom.series import dicom_series_folders, require_one_series
+
+        series = [require_one_series(s) for s in dicom_series_folders(input_dir)]
+        if series == [str(input_dir)]:
+            return [{"image": str(input_dir)}]
         files = sorted({f for pattern in _IMAGE_PATTERNS for f in glob.glob(os.path.join(input_dir, pattern))})
-        if not files:
+        if not files and not series:
             raise MultiRaterDataError(
-                f"no image files ({', '.join(_IMAGE_PATTERNS)}) in {input_dir}; point --input_dir at a folder of images"
+                f"no image files ({', '.join(_IMAGE_PATTERNS)}) and no DICOM series folder in {input_dir}; point "
+                "--input_dir at a folder of images or of DICOM series"
             )
         _require_readable(files, input_dir)
-        return [{"image": f} for f in files]
+        return [{"image": f} for f in files] + [{"image": s} for s in series]
     if not datalist or not os.path.isfile(datalist):
         raise MultiRaterDataError(
             f"datalist {datalist} not found; pass --input_dir with a folder of images or --datalist with a datalist JSON"

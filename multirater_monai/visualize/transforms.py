@@ -16,7 +16,8 @@ class SaveOverlayPNGd(Transform):
 
     Args:
         output_dir: folder for the PNGs.
-        image_key: the item's image (C, H, W).
+        image_key: the item's image (C, H, W); of a volume (C, H, W, D) run slice by slice, the slice
+            where the outputs mark the most pixels is drawn (its index ends the title).
         pred_key: key of the outputs (S, H, W) (probabilities or masks), or a list of keys, each drawn in
             its own panel titled by its key (e.g. ``["personalized", "samples"]``).
         label_key / rater_mask_key: drawn as rater contours when the item has them.
@@ -38,20 +39,28 @@ class SaveOverlayPNGd(Transform):
             return data
         image = data[self.image_key]
         source = str(getattr(image, "meta", {}).get("filename_or_obj", "image"))
-        name = os.path.basename(source)
+        name = os.path.basename(source.rstrip(os.sep))
         for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".dcm"):
             if name.endswith(suffix):
                 name = name[: -len(suffix)]
                 break
+        title = name
         label = data.get(self.label_key)
+        outputs = ({k: data[k] for k in self.pred_key if k in data} if isinstance(self.pred_key, (list, tuple))
+                   else data[self.pred_key])
+        if image.ndim == 4:
+            marked = sum((v >= 0.5).sum(dim=(0, 1, 2)) for v in (outputs.values() if isinstance(outputs, dict) else [outputs]))
+            z = int(marked.argmax())
+            image, label = image[..., z], (label[..., z] if label is not None else None)
+            outputs = {k: v[..., z] for k, v in outputs.items()} if isinstance(outputs, dict) else outputs[..., z]
+            title = f"{name} slice {z}"
         save_overlay_png(
             os.path.join(self.output_dir, f"{name}_overlay.png"),
             image,  # all channels: a colour image is drawn in colour
             raters=label if label is not None and getattr(label, "ndim", 0) == 3 else None,
-            outputs=({k: data[k] for k in self.pred_key} if isinstance(self.pred_key, (list, tuple))
-                     else data[self.pred_key]),
+            outputs=outputs,
             rater_mask=data.get(self.rater_mask_key),
             output_names=self.output_names,
-            title=name,
+            title=title,
         )
         return data
