@@ -28,8 +28,9 @@ def begin_stage(network: MultiRaterMethod, stage: int, checkpoint: str, map_loca
     if not isinstance(network, MultiRaterMethod) or network.num_stages < stage:
         stages = network.num_stages if isinstance(network, MultiRaterMethod) else 1
         raise TypeError(f"{type(network).__name__} has {stages} training stage(s); it has no stage {stage}")
-    if is_distributed():
-        torch.distributed.barrier()  # rank 0 wrote the checkpoint in its last validation; the others may be ahead
+    if is_distributed():  # rank 0 wrote the checkpoint in its last validation; the others may be ahead
+        on_gpu = torch.distributed.get_backend() == "nccl"
+        torch.distributed.barrier(device_ids=[torch.cuda.current_device()] if on_gpu else None)
     if is_main_process():
         load_network_weights(
             network, checkpoint, map_location=map_location,
