@@ -36,7 +36,6 @@ from monai.metrics import CumulativeIterationMetric
 from monai.utils import MetricReduction, convert_to_tensor, look_up_option
 
 from ..utils.distributed import UNKNOWN_INDEX, gather_rows, is_distributed
-
 from .set_metrics import (
     DEFAULT_THRESHOLDS,
     _check_compat,
