@@ -12,7 +12,7 @@ Rules (docs/DESIGN.md section 2, README "Adding a method"):
 * ``multi_gpu_train.json`` and ``multi_gpu_evaluate.json`` (``torchrun``) exist, with the keys of
   :data:`MULTI_GPU_TRAIN_KEYS` / :data:`MULTI_GPU_EVALUATE_KEYS` (two-stage: also :data:`MULTI_GPU_STAGE2_KEYS`);
   their ``initialize`` joins the process group and then runs the single-process file's ``initialize`` unchanged,
-  their ``finalize`` leaves it, and every TensorBoard handler of train.json is built on rank 0 only.
+  their ``finalize`` leaves it, one process at a time prepares the data set, and every TensorBoard handler of train.json is built on rank 0 only.
 """
 
 from __future__ import annotations
@@ -42,12 +42,13 @@ STAGE2_KEYS = ("stage2_epochs", "stage2_learning_rate", "stage1_checkpoint", "st
 INFERENCE_KEYS = COMMON_KEYS + ("datalist", "datalist_key", "input_dir", "save_overlays", "dataset", "dataloader",
                                 "inferer", "outputs", "postprocessing", "handlers", "evaluator")
 EVALUATE_KEYS = ("evaluation_settings", "checkpoint", "validate#datalist_key", "validate#handlers", "initialize", "run")
-MULTI_GPU_EVALUATE_KEYS = ("device", "validate#sampler", "validate#dataloader#sampler", "validate#evaluator#val_handlers",
+MULTI_GPU_EVALUATE_KEYS = ("device", "datalist", "validate#sampler", "validate#dataloader#sampler", "validate#evaluator#val_handlers",
                            "initialize", "finalize")
 MULTI_GPU_TRAIN_KEYS = MULTI_GPU_EVALUATE_KEYS + ("train#sampler", "train#dataloader#sampler", "train#dataloader#shuffle",
                                                   "train#trainer#distributed", "train#trainer#train_handlers")
 MULTI_GPU_STAGE2_KEYS = ("stage2#trainer#distributed", "stage2#trainer#train_handlers", "stage2#evaluator#val_handlers")
 INIT_DISTRIBUTED = "$multirater_monai.engines.init_distributed(@device)"
+DATALIST_IN_TURN = "$multirater_monai.engines.ensure_dataset_in_turn(@dataset_name, @dataset_dir, **@dataset_options)"
 DESTROY_DISTRIBUTED = "$multirater_monai.engines.destroy_distributed()"
 TENSORBOARD = "TensorBoardStatsHandler"
 
@@ -130,6 +131,8 @@ def multi_gpu_problems(bundle_dir: Path, train: dict, evaluate: dict) -> list[st
         if doc.get("initialize") != [INIT_DISTRIBUTED, *base.get("initialize", [])]:
             problems.append(f"{name}/configs/{overlay}.json: initialize must be [{INIT_DISTRIBUTED!r}] followed by "
                             f"the initialize of {'train' if base is train else 'evaluate'}.json")
+        if doc.get("datalist") != DATALIST_IN_TURN:
+            problems.append(f"{name}/configs/{overlay}.json: datalist must be {DATALIST_IN_TURN!r} (one process prepares it)")
         if doc.get("finalize", [None])[0] != DESTROY_DISTRIBUTED:
             problems.append(f"{name}/configs/{overlay}.json: finalize must start with {DESTROY_DISTRIBUTED!r}")
         if overlay == "multi_gpu_train":

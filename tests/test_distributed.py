@@ -107,10 +107,32 @@ def _agreement_table(indices) -> dict:
     return engine.state.set_metrics
 
 
+def _preparation_checks(rank: int, out_dir: str) -> list:
+    """Both ranks ask for the same data set; the (recorded, slowed-down) preparation must run one rank at a time."""
+    import time
+
+    import multirater_monai.data as data
+    from multirater_monai.engines import ensure_dataset_in_turn
+
+    os.environ["LOCAL_RANK"] = str(rank)  # two processes of one node
+    log = Path(out_dir, "preparations.txt")
+
+    def slow_ensure(name, dataset_dir, **options):
+        start = time.monotonic()
+        time.sleep(0.3)
+        with open(log, "a") as f:
+            f.write(f"{rank} {start} {time.monotonic()}\n")
+        return f"{dataset_dir}/datalist.json"
+
+    data.ensure_dataset = slow_ensure
+    return [ensure_dataset_in_turn("synthetic", "/data/x")]
+
+
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     _join(rank, init_file)
     try:
         result = {"gather": _gather_checks(rank), "ddp": _ddp_checks(rank),
+                  "prepared": _preparation_checks(rank, out_dir),
                   "agreement": _agreement_table([0, 2, 4] if rank == 0 else [1, 3, 0])}
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
     finally:
@@ -122,7 +144,9 @@ def two_ranks(tmp_path_factory) -> list[dict]:
     """What each of 2 gloo processes found (one spawn for all the checks: each process imports MONAI, seconds)."""
     out = tmp_path_factory.mktemp("two_ranks")
     mp.spawn(_worker, args=(str(out / "process_group"), str(out)), nprocs=WORLD, join=True)
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    results = [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    results[0]["preparations"] = (out / "preparations.txt").read_text().split("\n")[:-1]
+    return results
 
 
 def test_set_metrics_gather_every_rank_in_dataset_order_without_the_padding(two_ranks):
@@ -137,6 +161,13 @@ def test_set_metrics_gather_every_rank_in_dataset_order_without_the_padding(two_
         assert result["table_dice_max"] == pytest.approx(sum(expected) / 5, abs=1e-12)
         assert result["names"] == [f"image{k}" for k in range(5)]
         assert result["uneven"] == [[7.0], [0]], "a rank without images must still take part and get the rows"
+
+
+def test_a_data_set_is_prepared_by_one_process_at_a_time_rank_zero_first(two_ranks):
+    assert [r["prepared"] for r in two_ranks] == [["/data/x/datalist.json"]] * WORLD
+    runs = [line.split() for line in two_ranks[0]["preparations"]]
+    assert [int(r[0]) for r in runs] == [0, 1]
+    assert float(runs[1][1]) >= float(runs[0][2]), "rank 1 started preparing before rank 0 had finished"
 
 
 def test_calibrated_personalized_table_of_two_ranks_is_the_single_process_table(two_ranks):
@@ -253,7 +284,7 @@ def test_distributed_trainer_outside_torchrun_says_how_to_start_it():
     loader = DataLoader([{"image": torch.zeros(3), "label": torch.zeros(1)}], batch_size=1)
     trainer = MultiRaterTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=loader, network=network,
                                 optimizer=torch.optim.SGD(network.parameters(), lr=0.1), distributed=True)
-    with pytest.raises(RuntimeError, match="needs a process group.*fix: start the run with torchrun"):
+    with pytest.raises(RuntimeError, match="needs a process group; fix: start the run with torchrun"):
         trainer.run()
 
 

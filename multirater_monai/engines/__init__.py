@@ -4,9 +4,11 @@ from .atomic_checkpoint_saver import AtomicCheckpointSaver
 from .data_parallel import TrainingObjective, objective_ddp
 from .distributed import (
     backend_for,
+    barrier,
     broadcast_network,
     destroy_distributed,
     distributed_device,
+    ensure_dataset_in_turn,
     init_distributed,
     rank_zero_handlers,
 )
@@ -36,7 +38,9 @@ __all__ = [
     "TrainingObjective",
     "objective_ddp",
     "backend_for",
+    "barrier",
     "broadcast_network",
+    "ensure_dataset_in_turn",
     "destroy_distributed",
     "distributed_device",
     "init_distributed",

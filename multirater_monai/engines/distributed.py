@@ -6,6 +6,8 @@
 
 * :func:`distributed_device` as ``device``: ``cuda:<LOCAL_RANK>`` where CUDA is available, else the CPU;
 * :func:`init_distributed` in ``initialize``: the process group, ``nccl`` on CUDA, ``gloo`` on the CPU;
+* :func:`ensure_dataset_in_turn` as ``datalist``: a data set not yet prepared is prepared by one process,
+  not by all of them at once into the same folder;
 * :func:`rank_zero_handlers` around the handler lists: the handlers that only write or log
   (TensorBoard, stats, progress bars, checkpoint savers) run on rank 0 alone, the rest (validation,
   early stopping, metric tables, which gather from every rank) everywhere;
@@ -35,6 +37,8 @@ __all__ = [
     "rank_zero_handlers",
     "broadcast_network",
     "backend_for",
+    "barrier",
+    "ensure_dataset_in_turn",
 ]
 
 _TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -91,6 +95,34 @@ def destroy_distributed() -> None:
     """Leave the process group (the bundles' ``finalize``); nothing outside one."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing outside a process group); on ``nccl`` on this process's GPU."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    on_gpu = dist.get_backend() == "nccl"
+    dist.barrier(device_ids=[torch.cuda.current_device()] if on_gpu else None)
+
+
+def ensure_dataset_in_turn(name: str, dataset_dir: str, **options: Any) -> str:
+    """:func:`multirater_monai.data.ensure_dataset` one process at a time where the data set is still to be prepared.
+
+    Rank 0 goes first; then the first process of every other node (whose folder may not be shared with
+    node 0); then the rest, who find the data set ready. Without a process group: ``ensure_dataset``.
+    """
+    from ..data import ensure_dataset
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return ensure_dataset(name, dataset_dir, **options)
+    first_on_node = int(os.environ.get("LOCAL_RANK", 0)) == 0
+    turns = (get_rank() == 0, first_on_node and get_rank() != 0, not first_on_node)
+    datalist = ""
+    for my_turn in turns:
+        if my_turn:
+            datalist = ensure_dataset(name, dataset_dir, **options)
+        barrier()
+    return datalist
 
 
 def rank_zero_handlers(handlers: Sequence[Any] | None) -> list[Any]:

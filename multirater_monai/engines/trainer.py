@@ -19,7 +19,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
 from ..networks.method import MultiRaterMethod
-from ..utils.distributed import get_rank, get_world_size, is_distributed
+from ..utils.distributed import get_rank, get_world_size
 from .data_parallel import objective_ddp
 
 __all__ = ["MultiRaterTrainer"]
@@ -57,11 +57,10 @@ class MultiRaterTrainer(SupervisedTrainer):
             self.add_event_handler(Events.COMPLETED, self._log_rank)
 
     def _start_distributed(self, engine: SupervisedTrainer) -> None:
-        if not is_distributed():
+        if not torch.distributed.is_initialized():
             raise RuntimeError(
-                "MultiRaterTrainer(distributed=True) needs a process group of several processes; fix: start the run "
-                "with torchrun --nproc_per_node=N (N >= 2) and multi_gpu_train.json, whose initialize calls "
-                "multirater_monai.engines.init_distributed"
+                "MultiRaterTrainer(distributed=True) needs a process group; fix: start the run with torchrun "
+                "--nproc_per_node=N and multi_gpu_train.json, whose initialize calls multirater_monai.engines.init_distributed"
             )
         # built here, after a resumed state was loaded and, in a later stage, after begin_stage froze the
         # earlier stage's parts: DDP fixes the parameters it synchronises when it is built
@@ -76,8 +75,7 @@ class MultiRaterTrainer(SupervisedTrainer):
                 torch.distributed.broadcast(buffer, src=0)
 
     def _log_rank(self, engine: SupervisedTrainer) -> None:
-        stage = getattr(self.network, "stage", 1)
-        print(f"[rank {get_rank()}/{get_world_size()}] stage {stage}: trained {self._samples_seen} samples in "
+        print(f"[rank {get_rank()}/{get_world_size()}] stage {self.network.stage}: trained {self._samples_seen} samples in "
               f"{engine.state.iteration} iterations up to epoch {engine.state.epoch} on {engine.state.device}", flush=True)
 
     def _iteration(self, engine: SupervisedTrainer, batchdata: dict) -> dict:

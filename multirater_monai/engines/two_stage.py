@@ -13,12 +13,10 @@ shared). The next stage's trainer then builds its DistributedDataParallel over t
 
 from __future__ import annotations
 
-import torch
-
 from ..networks.method import MultiRaterMethod
 from ..utils.checkpoint import load_network_weights
 from ..utils.distributed import is_distributed, is_main_process
-from .distributed import broadcast_network
+from .distributed import barrier, broadcast_network
 
 __all__ = ["begin_stage"]
 
@@ -29,8 +27,7 @@ def begin_stage(network: MultiRaterMethod, stage: int, checkpoint: str, map_loca
         stages = network.num_stages if isinstance(network, MultiRaterMethod) else 1
         raise TypeError(f"{type(network).__name__} has {stages} training stage(s); it has no stage {stage}")
     if is_distributed():  # rank 0 wrote the checkpoint in its last validation; the others may be ahead
-        on_gpu = torch.distributed.get_backend() == "nccl"
-        torch.distributed.barrier(device_ids=[torch.cuda.current_device()] if on_gpu else None)
+        barrier()
     if is_main_process():
         load_network_weights(
             network, checkpoint, map_location=map_location,
