@@ -24,7 +24,6 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-import monai.bundle
 import pytest
 import torch
 import torch.distributed as dist
@@ -375,6 +374,8 @@ def _train_and_compare(bundle: str, root: Path, data: Path, extra: list[str], st
     _monai_bundle(["run", "--config_file", _configs(bundle, "train", "evaluate", "multi_gpu_evaluate"), *common, *evaluate,
                    "--output_dir", str(root / "eval_distributed")], processes=2)
     # the single-process evaluation in this process (no second start-up of torch and MONAI), on one thread as the ranks
+    import monai.bundle  # here: the processes spawned above import this module and need not load it
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
