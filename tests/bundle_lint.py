@@ -11,6 +11,10 @@ Rules (docs/DESIGN.md section 2, README "Adding a method"):
 * training, validation, evaluation and inference use the one ``preprocessing`` component;
 * ``metadata.json`` names every output channel on its own (keys "0".."C-1", no range key such as "0-3":
   MONAI Label's stock bundle tasks read the keys as integers and stopped the server on a range).
+* ``multi_gpu_train.json`` and ``multi_gpu_evaluate.json`` (``torchrun``) exist, with the keys of
+  :data:`MULTI_GPU_TRAIN_KEYS` / :data:`MULTI_GPU_EVALUATE_KEYS` (two-stage: also :data:`MULTI_GPU_STAGE2_KEYS`);
+  their ``initialize`` joins the process group and then runs the single-process file's ``initialize`` unchanged,
+  their ``finalize`` leaves it, one process at a time prepares the data set, and every TensorBoard handler of train.json is built on rank 0 only.
 """
 
 from __future__ import annotations
@@ -40,6 +44,15 @@ STAGE2_KEYS = ("stage2_epochs", "stage2_learning_rate", "stage1_checkpoint", "st
 INFERENCE_KEYS = COMMON_KEYS + ("datalist", "datalist_key", "input_dir", "save_overlays", "dataset", "dataloader",
                                 "inferer", "outputs", "postprocessing", "handlers", "evaluator")
 EVALUATE_KEYS = ("evaluation_settings", "checkpoint", "validate#datalist_key", "validate#handlers", "initialize", "run")
+MULTI_GPU_EVALUATE_KEYS = ("device", "datalist", "validate#sampler", "validate#dataloader#sampler", "validate#evaluator#val_handlers",
+                           "initialize", "finalize")
+MULTI_GPU_TRAIN_KEYS = MULTI_GPU_EVALUATE_KEYS + ("train#sampler", "train#dataloader#sampler", "train#dataloader#shuffle",
+                                                  "train#trainer#distributed", "train#trainer#train_handlers")
+MULTI_GPU_STAGE2_KEYS = ("stage2#trainer#distributed", "stage2#trainer#train_handlers", "stage2#evaluator#val_handlers")
+INIT_DISTRIBUTED = "$multirater_monai.engines.init_distributed(@device)"
+DATALIST_IN_TURN = "$multirater_monai.engines.ensure_dataset_in_turn(@dataset_name, @dataset_dir, **@dataset_options)"
+DESTROY_DISTRIBUTED = "$multirater_monai.engines.destroy_distributed()"
+TENSORBOARD = "TensorBoardStatsHandler"
 
 
 def _values(node, path=""):
@@ -116,6 +129,40 @@ def bundle_problems(bundle_dir: Path) -> list[str]:
     for key in ("backbone", "network_def"):
         if train.get(key, {}).get("_target_") != inference.get(key, {}).get("_target_"):
             problems.append(f"{bundle_dir.name}: train.json and inference.json build different {key}")
+    return problems + multi_gpu_problems(bundle_dir, train, docs["evaluate"])
+
+
+def multi_gpu_problems(bundle_dir: Path, train: dict, evaluate: dict) -> list[str]:
+    """Problems of the two torchrun overlays of one bundle."""
+    configs, name = bundle_dir / "configs", bundle_dir.name
+    two_stage = "stage2" in train
+    problems = []
+    for overlay, keys, base in (("multi_gpu_train", MULTI_GPU_TRAIN_KEYS + (MULTI_GPU_STAGE2_KEYS if two_stage else ()), train),
+                                ("multi_gpu_evaluate", MULTI_GPU_EVALUATE_KEYS, evaluate)):
+        path = configs / f"{overlay}.json"
+        if not path.is_file():
+            problems.append(f"{name}/configs/{overlay}.json is missing (torchrun runs need it)")
+            continue
+        doc = json.loads(path.read_text())
+        problems += [f"{name}/configs/{overlay}.json lacks the key {k}" for k in keys if not _has(doc, k)]
+        if doc.get("initialize") != [INIT_DISTRIBUTED, *base.get("initialize", [])]:
+            problems.append(f"{name}/configs/{overlay}.json: initialize must be [{INIT_DISTRIBUTED!r}] followed by "
+                            f"the initialize of {'train' if base is train else 'evaluate'}.json")
+        if doc.get("datalist") != DATALIST_IN_TURN:
+            problems.append(f"{name}/configs/{overlay}.json: datalist must be {DATALIST_IN_TURN!r} (one process prepares it)")
+        if doc.get("finalize", [None])[0] != DESTROY_DISTRIBUTED:
+            problems.append(f"{name}/configs/{overlay}.json: finalize must start with {DESTROY_DISTRIBUTED!r}")
+        if overlay == "multi_gpu_train":
+            lists = [("train", "handlers"), ("validate", "handlers")]
+            lists += [("stage2", "handlers"), ("stage2", "val_handlers")] if two_stage else []
+            for section, key in lists:
+                for i, handler in enumerate(train.get(section, {}).get(key, [])):
+                    is_tb = isinstance(handler, dict) and handler.get("_target_") == TENSORBOARD
+                    disabled = f"{section}#{key}#{i}#_disabled_" in doc
+                    if is_tb != disabled:
+                        problems.append(f"{name}/configs/multi_gpu_train.json: {section}#{key}#{i} is "
+                                        f"{'a' if is_tb else 'not a'} {TENSORBOARD} but is {'not ' if not disabled else ''}"
+                                        "disabled off rank 0 (only TensorBoard handlers, which open a file when built, are)")
     return problems
 
 

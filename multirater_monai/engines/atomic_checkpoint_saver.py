@@ -6,7 +6,7 @@ file readable by its owner only), and for a fixed file name such as ``model.pt``
 best model, or half of one. Here every file goes through
 :func:`~multirater_monai.utils.atomic.atomic_torch_save` (temporary file in the same folder, fsync,
 rename, ordinary permissions), and a fixed-name file is never removed before its replacement is
-complete. The options are MONAI's.
+complete. As ignite's own ``DiskSaver``, it writes on rank 0 only under ``torchrun``. The options are MONAI's.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from ignite.handlers.checkpoint import BaseSaveHandler
 from monai.handlers import CheckpointSaver
 
 from ..utils.atomic import atomic_torch_save
+from ..utils.distributed import is_main_process
 
 __all__ = ["AtomicCheckpointSaver", "AtomicDiskSaver"]
 
@@ -30,10 +31,12 @@ class AtomicDiskSaver(BaseSaveHandler):
         self.filename = filename
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if not is_main_process():
+            return
         atomic_torch_save(checkpoint, os.path.join(self.dirname, self.filename or filename))
 
     def remove(self, filename: str) -> None:
-        if self.filename is not None:
+        if self.filename is not None or not is_main_process():
             return  # a fixed name: the next save replaces the file in one rename, it must not vanish first
         path = os.path.join(self.dirname, filename)
         if os.path.isfile(path):

@@ -7,6 +7,9 @@ interface, :meth:`MultiRaterMethod.configure_output`), reads the summary that th
 (``SetMetricsSaver`` or ``CalibratedPersonalizedSaver``) leaves in ``engine.state.set_metrics``,
 and writes a single CSV/JSON table with one row per setting (the JSON also keeps the per-image
 rows, for confidence intervals over test images).
+
+Under ``torchrun`` (``multi_gpu_evaluate.json``) every rank evaluates a shard of the images, the metric
+savers gather the whole table on every rank, and rank 0 alone prints and writes it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from monai.utils import set_determinism
 from ..networks.method import MultiRaterMethod
 from ..utils.atomic import atomic_write_json, atomic_write_text
 from ..utils.checkpoint import load_network_weights
+from ..utils.distributed import is_main_process
 
 __all__ = ["EvaluationTable", "run_evaluation_table", "format_settings_table"]
 
@@ -87,6 +91,8 @@ def run_evaluation_table(
         rows.append({"setting": setting["name"], **result["summary"]})
         per_image[setting["name"]] = result.get("per_image", [])
     columns = [c for c in rows[0] if c != "setting"]
+    if not is_main_process():
+        return rows
     print(format_settings_table(rows, columns), flush=True)
     if output_dir is not None:
         text = io.StringIO()

@@ -17,6 +17,10 @@ goes on from the next epoch, saying so in one log line; a state of a later stage
 trainer finish at once (the next stage starts from this stage's best model, as in an uninterrupted run).
 ``enabled=False`` (``--resume False``) starts afresh and says that the old state is replaced.
 The file is written through a temporary file and a rename: a kill during the write keeps the previous one.
+
+Under ``torchrun`` rank 0 alone writes the state (the weights are the same on every rank) and every rank
+resumes from it, so the bundle folder must be one that every node reads (on one machine it always is).
+The random generators saved are rank 0's: a resumed distributed run continues, but not bit for bit.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import EarlyStopHandler
 
 from ..utils.atomic import atomic_torch_save
+from ..utils.distributed import is_main_process
 from ..utils.rng_state import capture_rng_state, restore_rng_state
 
 __all__ = ["ResumeCheckpoint", "load_training_state"]
@@ -46,6 +51,11 @@ def load_training_state(path: str, map_location=None) -> dict:
         raise RuntimeError(f"{path} is not a training state written by this project; fix: delete it, "
                            "or run training with --resume False")
     return state
+
+
+def _say(message: str) -> None:
+    if is_main_process():  # one line per run, not one per rank
+        print(message, flush=True)
 
 
 def _state_of(obj) -> dict:
@@ -103,6 +113,8 @@ class ResumeCheckpoint:
         return getattr(loader, "dataset", None)
 
     def save(self, engine: Engine) -> None:
+        if not is_main_process():
+            return
         state = {
             "stage": self.stage,
             "trainer": {"epoch": int(engine.state.epoch), "iteration": int(engine.state.iteration),
@@ -123,7 +135,7 @@ class ResumeCheckpoint:
         if not os.path.isfile(self.path):
             return
         if not self.enabled:
-            if self.stage == 1:
+            if self.stage == 1 and is_main_process():
                 print(f"[resume] --resume False: starting afresh; {self.path} and the best model will be replaced", flush=True)
             return
         state = load_training_state(self.path, map_location=getattr(engine.state, "device", None))
@@ -133,7 +145,7 @@ class ResumeCheckpoint:
         if state["stage"] > self.stage:
             engine.state.epoch = engine.state.max_epochs  # finished before: nothing left to run in this stage
             engine.state.iteration = engine.state.max_epochs * epoch_length
-            print(f"[resume] stage {self.stage} finished before ({self.path} holds stage {state['stage']})", flush=True)
+            _say(f"[resume] stage {self.stage} finished before ({self.path} holds stage {state['stage']})", flush=True)
             return
         trainer = state["trainer"]
         epoch = engine.state.max_epochs if trainer.get("terminated") else min(trainer["epoch"], engine.state.max_epochs)
@@ -149,8 +161,8 @@ class ResumeCheckpoint:
         engine.state.epoch = epoch
         engine.state.iteration = epoch * epoch_length
         if trainer.get("terminated"):
-            print(f"[resume] {self.path}: stage {self.stage} stopped early after epoch {trainer['epoch']}, nothing left "
+            _say(f"[resume] {self.path}: stage {self.stage} stopped early after epoch {trainer['epoch']}, nothing left "
                   "to train (--resume False starts afresh)", flush=True)
             return
-        print(f"[resume] resuming from {self.path}: stage {self.stage}, epoch {epoch} of {engine.state.max_epochs} "
+        _say(f"[resume] resuming from {self.path}: stage {self.stage}, epoch {epoch} of {engine.state.max_epochs} "
               "done (--resume False starts afresh)", flush=True)

@@ -20,11 +20,12 @@ from typing import Any
 import torch
 from monai.utils import IgniteInfo, min_version, optional_import
 
+from multirater_monai.utils.distributed import gather_in_order, is_main_process
 from multirater_monai.utils.errors import MultiRaterDataError
 
 from .agreement_dice import AverageRaterDiceMetric, MeanVotingDiceMetric
 from .cumulative import SetMetricsTable
-from .handlers import format_metric_table
+from .handlers import format_metric_table, sample_indices_of
 from .set_metrics import DEFAULT_THRESHOLDS
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
@@ -80,6 +81,7 @@ class CalibratedPersonalizedSaver:
         self.print_table = print_table
         self._parts: list[tuple[MeanVotingDiceMetric, AverageRaterDiceMetric, SetMetricsTable]] = []
         self._names: list[str] = []
+        self._indices: list[int] = []
 
     def attach(self, engine: Any) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
@@ -89,6 +91,7 @@ class CalibratedPersonalizedSaver:
     def _reset(self, engine: Any = None) -> None:
         self._parts = []
         self._names = []
+        self._indices = []
 
     def _new_parts(self, num_structures: int) -> None:
         if self.structure_names is not None and len(self.structure_names) != num_structures:
@@ -102,8 +105,10 @@ class CalibratedPersonalizedSaver:
             for _ in range(num_structures)
         ]
 
-    def update(self, calibrated: list, personalized: list, label: list, rater_mask: list | None) -> None:
-        """Add a batch given as lists of channel-first tensors (one per image)."""
+    def update(self, calibrated: list, personalized: list, label: list, rater_mask: list | None,
+               sample_index: list[int] | None = None) -> None:
+        """Add a batch given as lists of channel-first tensors (one per image); ``sample_index``: their dataset
+        indices (under ``torchrun`` the gathered rows are put into dataset order)."""
         num_structures = int(calibrated[0].shape[0])
         if not self._parts:
             self._new_parts(num_structures)
@@ -121,10 +126,10 @@ class CalibratedPersonalizedSaver:
             part = slice(k * r, (k + 1) * r)
             labels = [t[part] for t in label]
             part_masks = [m[part] for m in masks]
-            mean_voting([c[k:k + 1] for c in calibrated], labels, rater_mask=part_masks)
+            mean_voting([c[k:k + 1] for c in calibrated], labels, rater_mask=part_masks, sample_index=sample_index)
             outputs = [p[part] for p in personalized]
-            average(outputs, labels, rater_mask=part_masks)
-            table(outputs, labels, rater_mask=part_masks)
+            average(outputs, labels, rater_mask=part_masks, sample_index=sample_index)
+            table(outputs, labels, rater_mask=part_masks, sample_index=sample_index)
 
     def _update(self, engine: Any) -> None:
         output = engine.state.output
@@ -132,11 +137,13 @@ class CalibratedPersonalizedSaver:
         first = output[0] if isinstance(output, list) and output else output
         masks = _items(output, mask_key) if isinstance(first, dict) and mask_key in first else None
         calibrated = _items(output, cal_key)
-        self.update(calibrated, _items(output, per_key), _items(output, lab_key), masks)
+        indices = sample_indices_of(output)
+        self.update(calibrated, _items(output, per_key), _items(output, lab_key), masks, sample_index=indices)
         # each row names its image (the source file), so tables of several methods pair up image by image
         for item in calibrated:
             meta = getattr(item, "meta", {}) or {}
             self._names.append(str(meta.get("filename_or_obj", len(self._names))))
+        self._indices += indices if indices is not None else [-1] * len(calibrated)
 
     def _rater_names(self) -> list[str]:
         return list(self.rater_names) if self.rater_names is not None else [f"A{i + 1}" for i in range(self.num_raters)]
@@ -162,6 +169,7 @@ class CalibratedPersonalizedSaver:
         return out
 
     def per_image(self) -> list[dict[str, float]]:
+        names = gather_in_order(self._names, self._indices)  # under torchrun: every rank's, in dataset order
         rows: list[dict[str, float]] = []
         for k, (mean_voting, average, table) in enumerate(self._parts):
             prefix = self._prefix(k)
@@ -170,7 +178,7 @@ class CalibratedPersonalizedSaver:
             per_rater = torch.nanmean(buffer, dim=1).tolist()
             for i, row in enumerate(table.per_image()):
                 if k == 0:
-                    rows.append({"image": self._names[i]} if i < len(self._names) else {})
+                    rows.append({"image": names[i]} if i < len(names) else {})
                 rows[i].update({f"{prefix}mean_voting": voting[i], f"{prefix}average": per_rater[i]})
                 rows[i].update({f"{prefix}average_{n}": float(v) for n, v in zip(self._rater_names(), buffer[i])})
                 rows[i].update({f"{prefix}{key}": value for key, value in row.items()})
@@ -179,5 +187,5 @@ class CalibratedPersonalizedSaver:
     def _complete(self, engine: Any) -> None:
         summary = self.summary()
         engine.state.set_metrics = {"summary": summary, "per_image": self.per_image()}
-        if self.print_table:
+        if self.print_table and is_main_process():
             print(format_metric_table(summary, title=f"calibrated + per-rater metrics over {len(engine.state.set_metrics['per_image'])} images"), flush=True)

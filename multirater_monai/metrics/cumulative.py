@@ -17,6 +17,12 @@ Reductions are MONAI's (:py:class:`monai.utils.MetricReduction`) and NaN-aware: 
 (a missing rater's Dice, Dice_match with S < R) are left out, and a mean over nothing is NaN
 (``do_metric_reduction`` would give 0, which reads as a real, terrible score). Values stay
 float64 so that compat mode reproduces the published numbers to the last digit.
+
+Under ``torchrun`` each process evaluates a shard of the images; ``get_buffer()`` / ``aggregate()``
+gather every rank's rows (MONAI's ``Cumulative`` does too) and, where the calls passed each image's
+dataset index (``sample_index=``, which :class:`~multirater_monai.engines.MultiRaterEvaluator`
+records), put them into dataset order with each image once, so that the distributed table equals the
+single-process one (:func:`multirater_monai.utils.distributed.gather_rows`).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import torch
 from monai.metrics import CumulativeIterationMetric
 from monai.utils import MetricReduction, convert_to_tensor, look_up_option
 
+from ..utils.distributed import UNKNOWN_INDEX, gather_rows, is_distributed
 from .set_metrics import (
     DEFAULT_THRESHOLDS,
     _check_compat,
@@ -97,7 +104,7 @@ def _split_rater_mask(rater_mask: Any, n_images: int) -> list[Any]:
 
 
 class SetMetric(CumulativeIterationMetric):
-    """Shared plumbing: the ``rater_mask`` keyword, list inputs, NaN-aware reduction."""
+    """Shared plumbing: the ``rater_mask`` keyword, list inputs, NaN-aware reduction, dataset-ordered gathering."""
 
     def __init__(
         self,
@@ -109,6 +116,41 @@ class SetMetric(CumulativeIterationMetric):
         self.reduction = reduction
         self.get_not_nans = get_not_nans
         self.compat = _check_compat(compat)
+
+    def reset(self) -> None:
+        super().reset()
+        self._sample_indices: list[int] = []
+        self._synced_indices: list[int] = []
+
+    def __call__(self, y_pred: Any, y: Any = None, sample_index: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        """As MONAI's, plus ``sample_index``: the dataset index of each image (a sequence or (B,) tensor), or None."""
+        ret = super().__call__(y_pred, y, **kwargs)
+        n_images = len(y_pred) if isinstance(y_pred, (list, tuple)) else int(y_pred.shape[0])
+        if sample_index is None:
+            self._sample_indices += [UNKNOWN_INDEX] * n_images
+        else:
+            indices = [int(i) for i in torch.as_tensor(sample_index).reshape(-1).tolist()]
+            if len(indices) != n_images:
+                raise ValueError(f"got {len(indices)} sample indices for {n_images} images; pass one per image.")
+            self._sample_indices += indices
+        return ret
+
+    @property
+    def sample_indices(self) -> list[int]:
+        """The dataset index of each row of ``get_buffer()`` (gathered under ``torchrun``); -1 where unknown."""
+        self._sync()
+        return list(self._synced_indices) if is_distributed() else list(self._sample_indices)
+
+    def _sync(self) -> None:
+        if not is_distributed():
+            super()._sync()
+            return
+        if self._synced:
+            return
+        # every rank takes part, also one without images (MONAI's Cumulative would skip the gather there and hang)
+        local = None if self._buffers is None else [torch.stack(b, dim=0) for b in self._buffers]
+        self._synced_tensors, self._synced_indices = gather_rows(local, self._sample_indices)
+        self._synced = True
 
     def _compute_list(self, y_pred: Any, y: Any = None, rater_mask: Any = None, **kwargs: Any) -> Any:
         # MONAI's list path passes the same kwargs to every image; rater_mask differs per image,

@@ -11,7 +11,10 @@ Use them as ``key_val_metric`` / ``additional_metrics`` of a ``monai.engines.Sup
 By default each handler reads ``pred``, ``label`` and ``rater_mask`` from the engine output
 (:py:func:`from_engine_with_rater_mask`). Where the output carries no ``rater_mask``, the
 handler takes it from the current batch (``engine.state.batch``), where the loading transforms
-put it; where neither has one, every rater is treated as present.
+put it; where neither has one, every rater is treated as present. The ``sample_index`` that
+:class:`~multirater_monai.engines.MultiRaterEvaluator` adds to each output item is passed on, so that under
+``torchrun`` the gathered tables are in dataset order (:mod:`multirater_monai.metrics.cumulative`);
+:class:`SetMetricsSaver` writes and prints on rank 0 only.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 from monai.handlers import IgniteMetricHandler
 from monai.utils import IgniteInfo, MetricReduction, min_version, optional_import
 
 from multirater_monai.utils.atomic import atomic_write_json, atomic_write_text
+from multirater_monai.utils.distributed import gather_in_order, is_main_process
 
 from .cumulative import (
     DiceMatchMetric,
@@ -52,7 +57,10 @@ __all__ = [
     "DiceMatch",
     "DiceMean",
     "SetMetricsSaver",
+    "sample_indices_of",
 ]
+
+SAMPLE_INDEX_KEY = "sample_index"
 
 
 def from_engine_with_rater_mask(
@@ -80,6 +88,17 @@ def from_engine_with_rater_mask(
         )
 
     return _wrapper
+
+
+def sample_indices_of(output: Any, key: str = SAMPLE_INDEX_KEY) -> list[int] | None:
+    """The dataset index of each image of an evaluator output (a dict, or the decollated list); None if absent."""
+    if isinstance(output, dict):
+        value = output.get(key)
+        return None if value is None else [int(i) for i in torch.as_tensor(value).reshape(-1).tolist()]
+    if isinstance(output, list) and output and isinstance(output[0], dict):
+        values = [item.get(key) for item in output]
+        return None if any(v is None for v in values) else [int(v) for v in values]
+    return None
 
 
 def _rater_mask_from_batch(batch: Any, mask_key: str = "rater_mask") -> Any:
@@ -117,7 +136,8 @@ class SetMetricHandler(IgniteMetricHandler):
         rater_mask = output[2] if len(output) == 3 else None
         if rater_mask is None and self._engine is not None:
             rater_mask = _rater_mask_from_batch(getattr(self._engine.state, "batch", None))
-        self.metric_fn(y_pred, y, rater_mask=rater_mask)
+        indices = None if self._engine is None else sample_indices_of(getattr(self._engine.state, "output", None))
+        self.metric_fn(y_pred, y, rater_mask=rater_mask, sample_index=indices)
 
 
 class GeneralizedEnergyDistance(SetMetricHandler):
@@ -259,6 +279,7 @@ class SetMetricsSaver:
         self.filename = filename
         self.image_key = image_key
         self._names: list[str] = []
+        self._indices: list[int] = []
 
     def attach(self, engine: Any) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
@@ -268,6 +289,7 @@ class SetMetricsSaver:
     def _reset(self, engine: Any) -> None:
         self.table.reset()
         self._names = []
+        self._indices = []
 
     def _image_names(self, batch: Any, n_images: int) -> list[str]:
         items = batch if isinstance(batch, list) else []
@@ -283,14 +305,19 @@ class SetMetricsSaver:
         rater_mask = output[2] if len(output) > 2 else None
         if rater_mask is None:
             rater_mask = _rater_mask_from_batch(engine.state.batch)
-        self.table(y_pred, y, rater_mask=rater_mask)
         n_images = len(y_pred) if isinstance(y_pred, (list, tuple)) else int(y_pred.shape[0])
+        indices = sample_indices_of(engine.state.output)
+        self.table(y_pred, y, rater_mask=rater_mask, sample_index=indices)
         self._names += self._image_names(engine.state.batch, n_images)
+        self._indices += indices if indices is not None else [-1] * n_images
 
     def _complete(self, engine: Any) -> None:
-        summary = self.table.aggregate()
-        per_image = [{"image": name, **row} for name, row in zip(self._names, self.table.per_image())]
+        summary = self.table.aggregate()  # under torchrun: every rank's images, in dataset order
+        names = gather_in_order(self._names, self._indices)
+        per_image = [{"image": name, **row} for name, row in zip(names, self.table.per_image())]
         engine.state.set_metrics = {"summary": summary, "per_image": per_image}
+        if not is_main_process():
+            return
         if self.output_dir is not None:
             self.save(self.output_dir, summary, per_image)
         if self.print_table:

@@ -16,6 +16,7 @@ from .bundle_helpers import (
     require_writable_dir,
 )
 from .checkpoint import load_network_weights
+from .distributed import get_rank, get_world_size, is_distributed, is_main_process
 from .errors import MultiRaterDataError, find_data_error
 
 __all__ = [
@@ -33,4 +34,8 @@ __all__ = [
     "require_checkpoint",
     "require_writable_dir",
     "load_network_weights",
+    "get_rank",
+    "get_world_size",
+    "is_distributed",
+    "is_main_process",
 ]
