@@ -9,7 +9,7 @@ every file is replaced by rename):
 1. copy ``<run>/models/model.pt`` (read with ``weights_only=True``) to ``<bundle>/models/model.pt``;
 2. evaluate it with the bundle's own ``evaluate.json`` on the test split of the default data;
 3. record the table in ``docs/reference_metrics.json`` (with the training command and time, and the
-   means over the first 32 test images, which ``tests/test_shipped_weights.py`` recomputes), and the
+   per-image metrics of the first 32 test images, which ``tests/test_shipped_weights.py`` recomputes), and the
    main figures in ``metadata.json``'s ``eval_metrics``, with a changelog entry and a new version;
 4. export ``models/model.ts`` (TorchScript, with the final metadata inside);
 5. write the section "Shipped weights" of ``docs/README.md`` (between its markers) and rebuild
@@ -49,14 +49,13 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
-def first_batch_means(per_image: dict) -> dict:
-    """{setting: {metric: mean over the first CHECK_IMAGES test images}} (metrics without a value left out)."""
-    means = {}
-    for setting, rows in per_image.items():
-        rows = rows[:CHECK_IMAGES]
-        keys = [k for k in rows[0] if k != "image" and all(r.get(k) is not None for r in rows)]
-        means[setting] = {k: round(sum(float(r[k]) for r in rows) / len(rows), 6) for k in keys}
-    return means
+def first_batch(per_image: dict) -> dict:
+    """{setting: [the metric rows of the first CHECK_IMAGES test images]}, rounded, image names shortened."""
+    def row(r: dict) -> dict:
+        out = {k: (None if v is None else round(float(v), 6)) for k, v in r.items() if k != "image"}
+        return {"image": os.path.basename(str(r.get("image", ""))), **out}
+
+    return {setting: [row(r) for r in rows[:CHECK_IMAGES]] for setting, rows in per_image.items()}
 
 
 START, END = "<!-- shipped-weights:start -->", "<!-- shipped-weights:end -->"
@@ -128,7 +127,7 @@ def main() -> int:
     reference["training_command"] = args.command
     reference["training_minutes"] = round(args.minutes, 1)
     reference["selection"] = args.selection
-    reference["first_batch"] = {"num_images": CHECK_IMAGES, "metrics": first_batch_means(doc["per_image"])}
+    reference["first_batch"] = {"num_images": CHECK_IMAGES, "per_image": first_batch(doc["per_image"])}
     atomic_write_text(reference_path, json.dumps(reference, indent=2) + "\n")
 
     meta_path = configs / "metadata.json"

@@ -107,5 +107,5 @@ def test_evaluate_without_checkpoints_names_the_fix(tmp_path, synthetic_dir):
     proc = bundle(["run", "--config_file", TRAIN_CONFIGS, "--bundle_root", str(tmp_path),
                    "--dataset_dir", str(synthetic_dir), *SYNTHETIC])
     assert proc.returncode != 0
-    assert f"checkpoint not found: {tmp_path}/models/model_stage1.pt" in proc.stderr
+    assert f"checkpoint not found: {tmp_path}/models/model.pt" in proc.stderr
     assert "python -m monai.bundle run training" in proc.stderr

@@ -145,7 +145,7 @@ class ResumeCheckpoint:
         if state["stage"] > self.stage:
             engine.state.epoch = engine.state.max_epochs  # finished before: nothing left to run in this stage
             engine.state.iteration = engine.state.max_epochs * epoch_length
-            _say(f"[resume] stage {self.stage} finished before ({self.path} holds stage {state['stage']})", flush=True)
+            _say(f"[resume] stage {self.stage} finished before ({self.path} holds stage {state['stage']})")
             return
         trainer = state["trainer"]
         epoch = engine.state.max_epochs if trainer.get("terminated") else min(trainer["epoch"], engine.state.max_epochs)
@@ -162,7 +162,7 @@ class ResumeCheckpoint:
         engine.state.iteration = epoch * epoch_length
         if trainer.get("terminated"):
             _say(f"[resume] {self.path}: stage {self.stage} stopped early after epoch {trainer['epoch']}, nothing left "
-                  "to train (--resume False starts afresh)", flush=True)
+                  "to train (--resume False starts afresh)")
             return
         _say(f"[resume] resuming from {self.path}: stage {self.stage}, epoch {epoch} of {engine.state.max_epochs} "
-              "done (--resume False starts afresh)", flush=True)
+              "done (--resume False starts afresh)")
