@@ -10,13 +10,11 @@ and a quick look without a viewer:
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 
 import numpy as np
 
-from .overlay import RATER_COLOURS
+from .overlay import RATER_COLOURS, save_figure_atomically
 
 __all__ = ["render_seg_overlay"]
 
@@ -67,18 +65,7 @@ def render_seg_overlay(seg_path: str, series_dir: str, png_path: str, slice_inde
     ax.set_title(f"{algorithm} - slice {slice_index + 1} of {len(sources)}", fontsize=9)
     ax.set_axis_off()
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(png_path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, png_path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return png_path
+    return save_figure_atomically(fig, png_path, dpi=110)
 
 
 if __name__ == "__main__":

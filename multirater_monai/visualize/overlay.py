@@ -14,10 +14,29 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["RATER_COLOURS", "save_overlay_png"]
+__all__ = ["RATER_COLOURS", "save_overlay_png", "save_figure_atomically"]
 
 # distinguishable on a grey image; cycles when there are more masks than colours
 RATER_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#ffe119", "#f58231", "#911eb4", "#42d4f4", "#f032e6")
+
+
+def save_figure_atomically(fig, path: str, dpi: int = 100) -> str:
+    """Save a matplotlib figure as PNG through a temporary file and a rename (never a half-written picture),
+    then close it; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
 
 
 def _as_numpy(x) -> np.ndarray:
@@ -114,15 +133,4 @@ def save_overlay_png(
     if title:
         fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return save_figure_atomically(fig, path, dpi=100)
