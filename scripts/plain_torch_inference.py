@@ -2,7 +2,7 @@
 
 For clinical pipelines that cannot install MONAI or multirater_monai: the bundle folder carries all
 this needs (``models/model.ts``, ``configs/metadata.json`` for the output channels and the size
-divisor, ``configs/inference.json`` for the intensity window). It does what the bundle's
+divisor (``spatial_divisor``), ``configs/inference.json`` for the intensity window). It does what the bundle's
 ``inference.json`` does before and after the network: window the intensities to [0, 1], pad each
 2D slice symmetrically to a multiple of the divisor, threshold the sigmoid of every output channel,
 crop the padding away. A 3D volume goes through the 2D model slice by slice along its last axis.
@@ -39,7 +39,10 @@ def channel_names(metadata: dict) -> list[str]:
 
 
 def size_divisor(metadata: dict) -> int:
-    """``k`` of a ``"k*n"`` input spatial shape (any size divisible by k); 1 for fixed sizes."""
+    """The multiple each slice is padded to, as the bundle's preprocessing does: ``spatial_divisor`` of the
+    metadata, else ``k`` of a ``"k*n"`` input spatial shape, else 1."""
+    if "spatial_divisor" in metadata:
+        return int(metadata["spatial_divisor"])
     shape = metadata["network_data_format"]["inputs"]["image"]["spatial_shape"]
     match = re.fullmatch(r"\s*(\d+)\s*\*\s*n\s*", str(shape[0]))
     return int(match.group(1)) if match else 1

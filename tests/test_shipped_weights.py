@@ -95,11 +95,11 @@ def test_inference_runs_on_the_shipped_weights_without_training(name, tmp_path):
     assert "disk_overlay.png" in written and any(n.endswith(".nii.gz") for n in written), written
 
 
-def _disk_image(path: Path, depth: int = 0) -> None:
-    """A bright disk (40 HU) on lung background (-800 HU), 64x64 (x depth), with a non-trivial affine."""
+def _disk_image(path: Path, depth: int = 0, size: int = 64) -> None:
+    """A bright disk (40 HU) on lung background (-800 HU), size x size (x depth), with a non-trivial affine."""
     import nibabel as nib
 
-    y, x = np.mgrid[:64, :64]
+    y, x = np.mgrid[:size, :size]
     image = np.where((y - 30) ** 2 + (x - 34) ** 2 < 100, 40.0, -800.0).astype(np.float32)
     if depth:
         image = np.stack([np.roll(image, 3 * z, axis=1) for z in range(depth)], axis=2)
@@ -119,11 +119,18 @@ def _plain(bundle: str, image: Path, out: Path) -> None:
 
 def test_plain_torch_inference_equals_the_bundle_run_from_another_folder(tmp_path):
     """unet_fusion is deterministic: the plain script's mask equals the bundle's own inference, which runs
-    from a folder outside the repository with no --bundle_root (the root comes from --config_file)."""
+    from a folder outside the repository with no --bundle_root (the root comes from --config_file). The
+    image is 60x60, so both must pad it to the bundle's divisor (8) the same way and crop it back."""
     import nibabel as nib
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO_ROOT / "bundles" / "unet_fusion" / "configs" / "inference.json"))
+    metadata = json.loads((REPO_ROOT / "bundles" / "unet_fusion" / "configs" / "metadata.json").read_text())
+    assert metadata["spatial_divisor"] == parser.get_parsed_content("backbone").spatial_divisor == 8
 
     (tmp_path / "in").mkdir()
-    _disk_image(tmp_path / "in" / "disk.nii.gz")
+    _disk_image(tmp_path / "in" / "disk.nii.gz", size=60)
     out = bundle_ok(["run", "--config_file", str(REPO_ROOT / "bundles" / "unet_fusion" / "configs" / "inference.json"),
                      "--input_dir", "in", "--output_dir", "out"], cwd=tmp_path)
     assert "wrote 1 image(s)" in out
@@ -131,8 +138,8 @@ def test_plain_torch_inference_equals_the_bundle_run_from_another_folder(tmp_pat
     bundle_mask = nib.load(tmp_path / "out" / "disk_consensus.nii.gz")
     plain_mask = nib.load(tmp_path / "plain" / "disk_masks.nii.gz")
     assert np.allclose(plain_mask.affine, bundle_mask.affine) and np.allclose(plain_mask.affine[0, 0], 0.7)
-    assert plain_mask.shape == (64, 64, 1)
-    assert np.array_equal(plain_mask.get_fdata()[..., 0], bundle_mask.get_fdata().reshape(64, 64))
+    assert plain_mask.shape == (60, 60, 1)
+    assert np.array_equal(plain_mask.get_fdata()[..., 0], bundle_mask.get_fdata().reshape(60, 60))
     assert 200 < plain_mask.get_fdata().sum() < 500  # the disk (314 pixels) is found
 
 
