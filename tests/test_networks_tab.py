@@ -95,6 +95,9 @@ def test_output_groups_and_consensus_draws_by_hand():
     assert torch.equal(parts["calibrated"], parts["consensus"])
     net.set_output_mode("personalized")
     torch.testing.assert_close(net.split_outputs(out[0, :3])["calibrated"], torch.sigmoid(out[0, :3]).mean(0, keepdim=True))
+    net.set_output_mode("consensus")
+    alone = net.split_outputs(out[0, 3:4])  # the consensus given to every rater (the AVAP-style tables read it)
+    assert torch.equal(alone["personalized"], alone["consensus"].expand(3, -1, -1))
 
 
 def test_fixed_sampling_is_reproducible_and_seeded():

@@ -169,6 +169,8 @@ class TAB(MultiRaterMethod):
         out = super().split_outputs(logits)
         if "consensus" in out:
             out["calibrated"] = out["consensus"]
+            if "personalized" not in out:  # the consensus for every rater: a rater-blind row, as FusionUNet
+                out["personalized"] = out["consensus"].expand(self.num_raters, *out["consensus"].shape[1:])
         elif "personalized" in out:
             out["calibrated"] = out["personalized"].mean(0, keepdim=True)
         return out
