@@ -42,8 +42,8 @@ def trained(request, tmp_path_factory, synthetic_dir) -> tuple[str, Path]:
     name = request.param
     root = tmp_path_factory.mktemp(name)
     bundle_ok(["run", "training", "--config_file", str(_configs(name) / "train.json"), "--bundle_root", str(root),
-               "--dataset_dir", str(synthetic_dir), *SYNTHETIC, *TINY[name], "--epochs", "3",
-               "--val_interval", "3", "--batch_size", "8"])
+               "--dataset_dir", str(synthetic_dir), *SYNTHETIC, *TINY[name], "--epochs", "1",
+               "--val_interval", "1", "--batch_size", "8"])
     return name, root
 
 
