@@ -5,9 +5,11 @@ from .confusion_matrix_net import CM_MODES, CM_OUTPUT_MODES, ConfusionMatrixNet
 from .dpersona import OUTPUT_MODES, DPersona
 from .fusion_unet import FusionUNet
 from .mh_unet import MultiHeadUNet
+from .padl import PADL, PADL_OUTPUT_MODES
 from .pionono import PIONONO_OUTPUT_MODES, Pionono
 from .prob_unet import ProbabilisticUNet, build_latent_parts
 from .proseg import PROSEG_OUTPUT_MODES, ProSeg
+from .tab import TAB, TAB_OUTPUT_MODES
 
 __all__ = [
     "AVAP",
@@ -25,4 +27,8 @@ __all__ = [
     "build_latent_parts",
     "ProSeg",
     "PROSEG_OUTPUT_MODES",
+    "PADL",
+    "PADL_OUTPUT_MODES",
+    "TAB",
+    "TAB_OUTPUT_MODES",
 ]
