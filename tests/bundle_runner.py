@@ -79,6 +79,7 @@ TINY = {
     "cm_global": list(_TINY_BACKBONE),
     "cm_pixel": [*_TINY_BACKBONE, "--network_def#cm_hidden_channels", "8"],
     "pionono": [*_TINY_BACKBONE, "--network_def#head_hidden", "8", "--num_samples", "6"],
+    "mrnet": [*_TINY_BACKBONE, "--network_def#head_hidden", "8", "--num_samples", "6"],
     "unet_fusion": ["--backbone#channels", "[8,16,32]", "--backbone#strides", "[2,2]", "--backbone#num_res_units", "1"],
 }
 # The synthetic data set of conftest.synthetic_dir: values in [0, 1], raters in their own order.
