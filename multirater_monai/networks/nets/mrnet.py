@@ -29,8 +29,10 @@ weight 0 and the others are renormalised, i.e. a Dirichlet over the present rate
 
     loss = refined + coarse_weight * coarse + reconstruction_weight * reconstruction
 
-each term batch Dice + binary cross entropy (:class:`PresentRaterDiceBCELoss`): the refined and the coarse
-prediction against ``y_w``, the reconstruction against each present rater's mask.
+the refined and the coarse prediction against ``y_w`` by binary cross entropy (``fused_loss="bce"``, default:
+a proper scoring rule, least where the probability equals the soft label, so the output stays calibrated) or
+batch Dice + BCE (``"dice+bce"``: sharper per-rater masks, a less calibrated map), the reconstruction against
+each present rater's mask by batch Dice + BCE (:class:`PresentRaterDiceBCELoss`).
 
 Inference ``forward(image)`` gives the final (refined) logits for a set of expertise vectors, one backbone
 pass, by ``output_mode``:
@@ -65,6 +67,7 @@ from ..method import MultiRaterMethod
 __all__ = [
     "MRNet",
     "MRNET_OUTPUT_MODES",
+    "FUSED_LOSSES",
     "RaterReconstructionHead",
     "UncertaintyRefinementHead",
     "expertise_fused_label",
@@ -72,6 +75,7 @@ __all__ = [
 ]
 
 MRNET_OUTPUT_MODES = ("calibrated+personalized", "calibrated", "personalized", "samples", "all")
+FUSED_LOSSES = ("bce", "dice+bce")
 
 
 def random_expertise(
@@ -200,6 +204,7 @@ class MRNet(MultiRaterMethod):
             1 is uniform on the simplex, smaller values put more vectors near one rater.
         num_samples: S, random expertise vectors of the ``samples`` group.
         coarse_weight, reconstruction_weight: weights of the coarse and reconstruction loss terms.
+        fused_loss: loss of the predictions against the fused soft label, one of :data:`FUSED_LOSSES`.
         output_mode: one of :data:`MRNET_OUTPUT_MODES`.
         sample_seed: seed of the sample vectors (None: fresh draws at every call).
     """
@@ -218,6 +223,7 @@ class MRNet(MultiRaterMethod):
         num_samples: int = 16,
         coarse_weight: float = 1.0,
         reconstruction_weight: float = 1.0,
+        fused_loss: str = "bce",
         output_mode: str = "calibrated+personalized",
         sample_seed: int | None = 0,
     ) -> None:
@@ -227,6 +233,8 @@ class MRNet(MultiRaterMethod):
                 f"expertise_head must take R={num_raters}-long expertise vectors and give K={num_structures} "
                 f"outputs, got latent_dim={expertise_head.latent_dim}, out_channels={expertise_head.out_channels}."
             )
+        if fused_loss not in FUSED_LOSSES:
+            raise ValueError(f"fused_loss must be one of {FUSED_LOSSES}, got {fused_loss!r}.")
         if float(concentration) <= 0:
             raise ValueError(f"concentration must be > 0, got {concentration}.")
         if float(coarse_weight) < 0 or float(reconstruction_weight) < 0:
@@ -239,6 +247,7 @@ class MRNet(MultiRaterMethod):
         self.concentration = float(concentration)
         self.coarse_weight = float(coarse_weight)
         self.reconstruction_weight = float(reconstruction_weight)
+        self.fused_loss = fused_loss
         r = self.num_raters
         # the calibrated vector (equal weights, the mean vote), then the one-hot vector of each rater
         self.register_buffer("fixed_codes", torch.cat([torch.full((1, r), 1.0 / r), torch.eye(r)]), persistent=False)
@@ -387,10 +396,11 @@ class MRNet(MultiRaterMethod):
                                       "samples from the datalist.")
         refined, coarse, reconstruction = self.predict(self.backbone(image), expertise.unsqueeze(1))
         loss_fn = self._losses["dice_bce"]
-        refined_terms = loss_fn(refined[:, 0], target, valid)
-        coarse_terms = loss_fn(coarse[:, 0], target, valid)
-        reconstruction_terms = loss_fn(reconstruction[:, 0], label, mask)
-        refined_loss, coarse_loss = sum(refined_terms), sum(coarse_terms)
-        reconstruction_loss = sum(reconstruction_terms)
+        # the fused label is soft: its cross entropy is least where the probability equals it (calibrated);
+        # a Dice term pulls the probabilities towards 0 / 1 and is only an option here
+        fused = slice(0, 2) if self.fused_loss == "dice+bce" else slice(1, 2)
+        refined_loss = sum(loss_fn(refined[:, 0], target, valid)[fused])
+        coarse_loss = sum(loss_fn(coarse[:, 0], target, valid)[fused])
+        reconstruction_loss = sum(loss_fn(reconstruction[:, 0], label, mask))
         loss = refined_loss + self.coarse_weight * coarse_loss + self.reconstruction_weight * reconstruction_loss
         return {"loss": loss, "refined": refined_loss, "coarse": coarse_loss, "reconstruction": reconstruction_loss}
