@@ -92,10 +92,8 @@ def test_loss_terms_by_hand_and_absent_raters_do_not_count():
         target1 = torch.stack([(expertise[1][:, None, None] * label[1, 3 * k:3 * k + 3]).sum(0) for k in range(2)])
         target = torch.stack([target0, target1])
         valid = torch.ones(2, 2, dtype=torch.bool)
-        # default fused_loss "bce": the cross entropy against the soft label, mean over pixels and structures
-        bce = torch.nn.functional.binary_cross_entropy_with_logits(refined[:, 0], target)
-        assert terms["refined"].item() == pytest.approx(bce.item(), rel=1e-5)
-        assert terms["coarse"].item() == pytest.approx(loss_fn(coarse[:, 0], target, valid)[1].item(), rel=1e-5)
+        assert terms["refined"].item() == pytest.approx(sum(loss_fn(refined[:, 0], target, valid)).item(), rel=1e-5)
+        assert terms["coarse"].item() == pytest.approx(sum(loss_fn(coarse[:, 0], target, valid)).item(), rel=1e-5)
         full_mask = mask.repeat(1, 2)
         expected = sum(loss_fn(reconstruction[:, 0], label, full_mask))
         assert terms["reconstruction"].item() == pytest.approx(expected.item(), rel=1e-5)
@@ -109,12 +107,14 @@ def test_loss_terms_by_hand_and_absent_raters_do_not_count():
         for key in terms:
             assert again[key].item() == terms[key].item(), key
         assert net.training_objective(image, other, expertise=expertise)["loss"].item() != terms["loss"].item()
-        # "dice+bce": the batch Dice is added to both fused terms, the reconstruction term is unchanged
-        net.fused_loss = "dice+bce"
-        both = net.training_objective(image, label, mask, expertise=expertise)
-        assert both["refined"].item() == pytest.approx(sum(loss_fn(refined[:, 0], target, valid)).item(), rel=1e-5)
-        assert both["coarse"].item() == pytest.approx(sum(loss_fn(coarse[:, 0], target, valid)).item(), rel=1e-5)
-        assert both["reconstruction"].item() == terms["reconstruction"].item()
+        # "bce": the cross entropy alone against the soft label (mean over pixels and structures) in both fused
+        # terms; the reconstruction term is unchanged
+        net.fused_loss = "bce"
+        bce_only = net.training_objective(image, label, mask, expertise=expertise)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(refined[:, 0], target)
+        assert bce_only["refined"].item() == pytest.approx(bce.item(), rel=1e-5)
+        assert bce_only["coarse"].item() == pytest.approx(loss_fn(coarse[:, 0], target, valid)[1].item(), rel=1e-5)
+        assert bce_only["reconstruction"].item() == terms["reconstruction"].item()
 
 
 def test_outputs_are_the_refined_prediction_for_equal_one_hot_and_random_vectors():
@@ -185,11 +185,10 @@ def test_learns_each_raters_style_and_a_calibrated_map_between_the_raters():
     """Synthetic raters (conservative A1, smooth A2, liberal A3, noisy A4) at 32x32, 150 steps for MR-Net and
     for the majority-vote U-Net (rater-blind); about 15 s on one core.
 
-    Measured (seed 0, test split of 32), default fused_loss "bce": MR-Net one-hot outputs, Dice with their rater
-    [0.73, 0.89, 0.83, 0.78], mean off-diagonal 0.72; majority-vote U-Net [0.66, 0.89, 0.67, 0.77]; areas
-    (fraction of pixels) of the outputs A1..A4 [0.060, 0.075, 0.101, 0.079], of the calibrated map 0.078, of
-    the raters' masks [0.037, 0.074, 0.141, 0.083]. (With
-    "dice+bce" the one-hot outputs are sharper, [0.82, 0.89, 0.91, 0.78], and the calibrated map less so.)
+    Measured (seed 0, test split of 32): MR-Net one-hot outputs, Dice with their rater [0.82, 0.89, 0.91, 0.78],
+    mean off-diagonal 0.65; majority-vote U-Net [0.66, 0.89, 0.67, 0.77]; areas (fraction of pixels) of the
+    outputs A1..A4 [0.035, 0.074, 0.132, 0.092], of the calibrated map 0.087, of the raters' masks
+    [0.037, 0.075, 0.141, 0.083]. (With fused_loss "bce": [0.73, 0.89, 0.83, 0.78], still above the U-Net.)
     """
     torch.manual_seed(0)
     train, test = synthetic_tensors(64, 0, 32), synthetic_tensors(32, 1, 32)
@@ -209,9 +208,9 @@ def test_learns_each_raters_style_and_a_calibrated_map_between_the_raters():
     own = matrix.diag()
     # each one-hot output follows its own rater: better than the other outputs do, and than the rater-blind
     # U-Net on the raters furthest from the consensus (conservative A1, liberal A3)
-    assert own.mean() > matrix[~torch.eye(4, dtype=torch.bool)].mean() + 0.05, matrix
-    assert own[0] > blind[0] + 0.03 and own[2] > blind[2] + 0.1, (blind, own)
-    assert own.mean() > blind.mean() + 0.03, (blind, own)
+    assert own.mean() > matrix[~torch.eye(4, dtype=torch.bool)].mean() + 0.1, matrix
+    assert own[0] > blind[0] + 0.1 and own[2] > blind[2] + 0.15, (blind, own)
+    assert own.mean() > blind.mean() + 0.05, (blind, own)
     areas = (personalized > 0).float().mean((0, 2, 3))
     assert areas[0] < areas[1] < areas[2], areas
     # the calibrated (equal-weight) map lies between the most conservative and the most liberal rater
