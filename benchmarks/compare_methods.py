@@ -240,6 +240,7 @@ CLAIMS = {
         ("AVAP's calibrated map beats MR-Net's on Mean Voting (AVAP Table II)", "AVAP", "MR-Net", "mean_voting", True),
         ("AVAP's per-rater outputs beat MR-Net's on Average (AVAP Table II)", "AVAP", "MR-Net", "average", True),
         ("MH-UNet's per-rater outputs beat MR-Net's on Average (AVAP Table II)", "MH-UNet", "MR-Net", "average", True),
+        ("MR-Net's calibrated map beats MH-UNet's on Mean Voting (AVAP Table II)", "MR-Net", "MH-UNet", "mean_voting", True),
         ("MR-Net's calibrated map beats the majority-vote U-Net on Mean Voting (AVAP Table II: MV-UNet)",
          "MR-Net", "U-Net (majority vote)", "mean_voting", True),
         ("the controller needs the rater code: both inputs beat features only on Average (AVAP Table IV)",

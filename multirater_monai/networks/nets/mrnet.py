@@ -33,7 +33,7 @@ each term batch Dice + binary cross entropy (:class:`PresentRaterDiceBCELoss`): 
 prediction against ``y_w``, the reconstruction against each present rater's mask. ``fused_loss="bce"`` drops
 the Dice from the two terms on the soft label ``y_w``: the cross entropy alone is least where the probability
 equals the soft label (calibrated by construction), but the per-rater masks come out less sharp (on
-lidc-phantom: 'Mean Voting' +0.014, 'Average' -0.058; bundles/mrnet/docs/comparison.md).
+lidc-phantom: 'Mean Voting' +0.014, 'Average' -0.057; bundles/mrnet/docs/comparison.md).
 
 Inference ``forward(image)`` gives the final (refined) logits for a set of expertise vectors, one backbone
 pass, by ``output_mode``:
