@@ -10,11 +10,12 @@ table (markdown printed, CSV and JSON saved). Two suites:
   random rater and STAPLE (and with ``--per-rater`` one U-Net per rater), ``prob_unet`` with 10/30/50
   samples, ``dpersona`` Stage I with 10/30/50 samples and Stage II, ``proseg`` personalized, personalized
   with 50 samples and prior, and the baselines of the papers' tables ``cm_global``, ``cm_pixel`` (per-rater
-  outputs, and the true label p for every rater), ``pionono`` (personalized, mixture samples) and ``mrnet``
-  (its one-hot per-rater outputs); ``--ablation`` adds ProSeg without tau / Z / both (ProSeg Table 2) and with
+  outputs, and the true label p for every rater), ``pionono`` (personalized, mixture samples), ``tab`` and ``padl``
+  (personalized, consensus mean, consensus samples) and ``mrnet`` (its one-hot per-rater outputs); ``--ablation`` adds
+  ProSeg without tau / Z / both (ProSeg Table 2) and with
   one image encoder head per rater instead of one shared by the raters.
 * ``--suite avap`` (the AVAP paper's Tables II and IV): ``avap``, its controller ablations "code only"
-  and "features only", ``mh_unet``, ``mrnet``, and ``unet_fusion`` with majority vote and with each rater
+  and "features only", ``mh_unet``, ``padl``, ``mrnet``, and ``unet_fusion`` with majority vote and with each rater
   (M1..MR). Every method is scored by the same 'Mean Voting' / 'Average' table
   (``CalibratedPersonalizedSaver``; a U-Net's calibrated map is its probability, and it gives every
   rater the same mask). The per-rater row is assembled from the R single-rater runs: its 'Average' is
@@ -68,6 +69,10 @@ COLUMNS = {"dpersona": ["ged", "d_pa", "d_pp", "d_aa", "dice_soft", "dice_max", 
 AVAP_TABLE = ("[{'_target_': 'multirater_monai.metrics.CalibratedPersonalizedSaver', 'num_raters': '@num_raters', "
               "'structure_names': '@structure_names', 'rater_names': '@rater_names', 'print_table': False}]")
 
+# PADL's settings with a calibrated map and per-rater outputs (its sample settings have neither)
+PADL_AVAP_SETTINGS = ("[{'name': 'PADL (personalized)', 'checkpoint': '@checkpoint', 'output_mode': 'personalized'}, "
+                      "{'name': 'PADL (global mean)', 'checkpoint': '@checkpoint', 'output_mode': 'consensus'}]")
+
 
 def data_overrides(dataset: str, out: Path, qubiq_root: Path) -> tuple[list[str], int, int]:
     """Bundle overrides selecting the data set, its number of raters and of structures."""
@@ -93,6 +98,7 @@ def methods(suite: str, num_raters: int, per_rater: bool, ablation: bool) -> lis
                 ("AVAP code only", "avap", ["--network_def#use_features", "False"]),
                 ("AVAP features only", "avap", ["--network_def#use_rater_code", "False"]),
                 ("MH-UNet", "mh_unet", []),
+                ("PADL", "padl", ["--evaluation_settings", PADL_AVAP_SETTINGS]),
                 ("MR-Net", "mrnet", []),
                 ("U-Net (majority vote)", "unet_fusion", ["--fusion", "majority"])]
         return runs + [(f"U-Net (A{k + 1})", "unet_fusion", ["--fusion", "rater", "--fusion_rater", str(k)])
@@ -105,6 +111,7 @@ def methods(suite: str, num_raters: int, per_rater: bool, ablation: bool) -> lis
                  for k in range(num_raters)]
     runs += [("Prob. U-Net", "prob_unet", []), ("D-Persona", "dpersona", []), ("ProSeg", "proseg", []),
              ("CM-Global", "cm_global", []), ("CM-Pixel", "cm_pixel", []), ("Pionono", "pionono", [])]
+    runs += [("TAB", "tab", []), ("PADL", "padl", [])]
     runs += [("MR-Net", "mrnet", [])]
     if ablation:
         runs += [(f"ProSeg without {name}", "proseg", switches) for name, switches in (
@@ -228,6 +235,13 @@ CLAIMS = {
          "D-Persona (Stage II)", "Pionono (personalized)", "dice_mean", True),
         ("ProSeg personalized beats Pionono on Dice_mean (ProSeg Tables 1, 3)",
          "ProSeg (personalized)", "Pionono (personalized)", "dice_mean", True),
+        # TAB's published rows (D-Persona Tables 1-2, ProSeg Tables 1, 3)
+        ("TAB's personalized outputs have a lower GED than CM-Global's (D-Persona Tables 1-2, ProSeg Table 3)",
+         "TAB (personalized)", "CM-Global", "ged", False),
+        ("Pionono beats TAB on Dice_mean on LIDC (D-Persona Table 2; on NPC the reverse in ProSeg Table 3)",
+         "Pionono (personalized)", "TAB (personalized)", "dice_mean", True),
+        ("D-Persona Stage II beats TAB on Dice_mean (D-Persona Tables 1-2, ProSeg Tables 1, 3)",
+         "D-Persona (Stage II)", "TAB (personalized)", "dice_mean", True),
     ],
     "avap": [
         ("AVAP's calibrated map beats the majority-vote U-Net on Mean Voting (AVAP Table II)",
@@ -237,6 +251,13 @@ CLAIMS = {
         ("AVAP's output r reaches the U-Net trained on rater r alone, scored on rater r (personalization reference)",
          "AVAP", DIAGONAL, "average", True),
         ("AVAP's per-rater outputs beat MH-UNet on Average (AVAP Table II)", "AVAP", "MH-UNet", "average", True),
+        ("AVAP's per-rater outputs beat PADL's on Average (AVAP Table II)", "AVAP", "PADL (personalized)", "average", True),
+        ("AVAP's calibrated map beats PADL's global mean on Mean Voting (AVAP Table II)",
+         "AVAP", "PADL (global mean)", "mean_voting", True),
+        ("PADL's per-rater outputs beat MH-UNet on Average (AVAP Table II: cup; on disc MH-UNet leads by 0.06 points)",
+         "PADL (personalized)", "MH-UNet", "average", True),
+        ("PADL's global mean beats the majority-vote U-Net on Mean Voting (AVAP Table II, MV-UNet)",
+         "PADL (global mean)", "U-Net (majority vote)", "mean_voting", True),
         ("AVAP's calibrated map beats MR-Net's on Mean Voting (AVAP Table II)", "AVAP", "MR-Net", "mean_voting", True),
         ("AVAP's per-rater outputs beat MR-Net's on Average (AVAP Table II)", "AVAP", "MR-Net", "average", True),
         ("MH-UNet's per-rater outputs beat MR-Net's on Average (AVAP Table II)", "MH-UNet", "MR-Net", "average", True),

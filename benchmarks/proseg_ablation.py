@@ -8,7 +8,11 @@ the mean of q(z | x) (the bundle's personalized output) and the mean probability
 (eq. 10's marginal), with the final spread of q(z | x) and the classifier's loss. Variants:
 
 * ``paper-init``: PyTorch's default initialisation of the log-sigma head (sigma about 1 at the start);
-* ``narrow-z``: q(z | x) starts at sigma 0.05 (the bundle's default, ``initial_z_sigma``);
+* ``narrow-z``: q(z | x) starts at sigma 0.05 (the bundle's default, ``initial_z_sigma``), and q(tau | r)
+  at each rater's corner (``initial_tau_peak`` 10, the default since 0.5.0; before it the rows below
+  that do not set tau's start had the random start of ``narrow-z+random-tau``);
+* ``narrow-z+random-tau``: q(tau | r) from the class embedding's random start (``initial_tau_peak=None``,
+  the default before 0.5.0);
 * ``narrow-z+tau10``: also q(tau | r) starts concentrated (alpha about 10 per entry, candidate (c));
 * ``narrow-z+class-unscaled``: the rater CE with weight 1 instead of 1/P (candidate (d));
 * ``narrow-z+kl-sum``: the KL of Z summed over z's channels instead of averaged (candidate (e));
@@ -51,6 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "paper-init": dict(initial_z_sigma=None),
     "narrow-z": dict(),
+    "narrow-z+random-tau": dict(initial_tau_peak=None),
     "narrow-z+tau10": dict(tau_init=10.0),
     "narrow-z+class-unscaled": dict(class_unscaled=True),
     "narrow-z+kl-sum": dict(kl_sum_channels=True),

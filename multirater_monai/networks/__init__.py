@@ -36,6 +36,7 @@ from .nets import (
     ProSeg,
     build_latent_parts,
 )
+from .nets import PADL, PADL_OUTPUT_MODES, TAB, TAB_OUTPUT_MODES
 from .rater_batch import check_multirater_batch, random_present_rater
 
 __all__ = [
@@ -72,4 +73,8 @@ __all__ = [
     "build_latent_parts",
     "check_multirater_batch",
     "random_present_rater",
+    "PADL",
+    "PADL_OUTPUT_MODES",
+    "TAB",
+    "TAB_OUTPUT_MODES",
 ]

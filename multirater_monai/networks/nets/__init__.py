@@ -6,9 +6,11 @@ from .dpersona import OUTPUT_MODES, DPersona
 from .fusion_unet import FusionUNet
 from .mh_unet import MultiHeadUNet
 from .mrnet import MRNET_OUTPUT_MODES, MRNet
+from .padl import PADL, PADL_OUTPUT_MODES
 from .pionono import PIONONO_OUTPUT_MODES, Pionono
 from .prob_unet import ProbabilisticUNet, build_latent_parts
 from .proseg import PROSEG_OUTPUT_MODES, ProSeg
+from .tab import TAB, TAB_OUTPUT_MODES
 
 __all__ = [
     "AVAP",
@@ -28,4 +30,8 @@ __all__ = [
     "build_latent_parts",
     "ProSeg",
     "PROSEG_OUTPUT_MODES",
+    "PADL",
+    "PADL_OUTPUT_MODES",
+    "TAB",
+    "TAB_OUTPUT_MODES",
 ]

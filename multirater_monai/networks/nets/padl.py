@@ -1,0 +1,191 @@
+"""PADL (Liao et al.): preference-involved annotation distribution learning.
+
+The AVAP paper (seed 003) describes PADL as a multi-head network that "treats the annotation bias as
+the combination of annotator's preference and stochastic errors". Here: a shared encoder-decoder (the
+:class:`~multirater_monai.networks.blocks.UNetFeatureBackbone`), and per pixel
+
+* a global head: a Gaussian over the consensus logit, ``N(mu, sigma^2)`` (the stochastic error that
+  every annotation carries);
+* R rater heads, each a residual on the global one: ``mu_r = mu + delta_mu_r`` and
+  ``sigma_r = softplus(s + delta_s_r)`` where ``sigma = softplus(s)`` (rater r's preference shifts
+  the logit and its own error spread).
+
+Both heads are 1x1 convolutions of the features (2 channels, and 2R). Samples are drawn with the
+reparameterisation trick (:func:`~multirater_monai.networks.blocks.logit_gaussian.sample_logit_gaussian`,
+diagonal: no factors).
+
+Loss (:meth:`PADL.training_objective`; terms ``loss, global, rater``)::
+
+    loss = global + rater
+
+* ``global``: binary cross entropy (mean over pixels) of a sample of the global Gaussian against each
+  present rater's mask, mean over the present (image, rater) pairs;
+* ``rater``: the cross entropy of a sample of rater r's Gaussian against rater r's mask, same mean.
+  Absent raters (``rater_mask`` False) take no part. ``num_mc_samples`` draws (1 by default), averaged.
+
+Inference ``forward(image)``, by ``output_mode``: ``"personalized"`` (default; the R means ``mu_r``),
+``"samples"`` (S draws of the global Gaussian, fixed noise from ``sample_seed``), ``"consensus"`` (the
+global mean ``mu``), ``"personalized+consensus+samples"`` (inference). :meth:`split_outputs` adds
+``calibrated``: the global mean's probability where the mode has it, else the mean of the personalized
+probabilities. 2D only; scriptable with ``encoder="small"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from monai.networks.layers import Conv
+from torch import nn
+from torch.nn import functional as F
+
+from ...utils.errors import MultiRaterDataError
+from ..blocks.backbone import BackboneConfig
+from ..blocks.logit_gaussian import logit_scale, sample_logit_gaussian, tiled_pixel_noise
+from ..blocks.sampling import KEEP, fixed_noise
+from ..method import MultiRaterMethod
+from ..rater_batch import check_multirater_batch
+
+__all__ = ["PADL", "PADL_OUTPUT_MODES"]
+
+PADL_OUTPUT_MODES = ("personalized", "samples", "consensus", "personalized+consensus+samples")
+
+
+class PADL(MultiRaterMethod):
+    """PADL network; see the module docstring.
+
+    Args:
+        backbone: feature network ``image -> (B, feature_channels, H, W)``.
+        feature_channels: F.
+        num_raters: R.
+        rater_weight: weight of the per-rater term (the issue's loss: 1).
+        num_mc_samples: reparameterised draws per Gaussian in the loss.
+        num_samples: S, global draws in the ``samples`` modes.
+        output_mode: one of :data:`PADL_OUTPUT_MODES`.
+        sample_seed: seed of the fixed inference noise (None: fresh noise at every call).
+        noise_tile: side of the fixed pixel-noise tile.
+    """
+
+    output_modes = PADL_OUTPUT_MODES
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_channels: int,
+        num_raters: int,
+        rater_weight: float = 1.0,
+        num_mc_samples: int = 1,
+        num_samples: int = 16,
+        output_mode: str = "personalized",
+        sample_seed: int | None = 0,
+        noise_tile: int = 128,
+    ) -> None:
+        super().__init__(num_raters)
+        if int(num_mc_samples) < 1 or int(noise_tile) < 1:
+            raise ValueError("num_mc_samples and noise_tile must be >= 1.")
+        if float(rater_weight) < 0:
+            raise ValueError(f"rater_weight must be >= 0, got {rater_weight}.")
+        self.backbone = backbone
+        conv = Conv[Conv.CONV, 2]
+        self.global_head = conv(feature_channels, 2, kernel_size=1)  # mu, s
+        self.rater_heads = conv(feature_channels, 2 * self.num_raters, kernel_size=1)  # delta mu_r, delta s_r
+        self.rater_weight, self.num_mc_samples = float(rater_weight), int(num_mc_samples)
+        self.sample_seed = sample_seed
+        self.random_sampling = sample_seed is None
+        self.noise_tile = int(noise_tile)
+        self.register_buffer("pixel_noise", self._fixed_pixel_noise(num_samples), persistent=False)
+        self.set_output_mode(output_mode)
+
+    @classmethod
+    def build(cls, num_raters: int = 4, backbone: BackboneConfig | None = None, **kwargs: Any) -> PADL:
+        """The whole network from plain arguments; ``kwargs`` go to the constructor."""
+        config = backbone or BackboneConfig()
+        if config.spatial_dims != 2:
+            raise ValueError("PADL is 2D (the bundles run volumes slice by slice); set backbone spatial_dims to 2.")
+        return cls(config.build(), config.feature_channels, num_raters, **kwargs)
+
+    @torch.jit.unused
+    def _fixed_pixel_noise(self, rows: int) -> torch.Tensor:
+        flat = fixed_noise(rows, self.noise_tile * self.noise_tile, self.sample_seed)
+        return flat.reshape(rows, self.noise_tile, self.noise_tile)
+
+    # ------------------------------------------------------------------ settings
+    @property
+    def num_samples(self) -> int:
+        return int(self.pixel_noise.shape[0])
+
+    def output_groups(self) -> dict[str, int]:
+        groups: dict[str, int] = {}
+        if "personalized" in self.output_mode:
+            groups["personalized"] = self.num_raters
+        if "consensus" in self.output_mode:
+            groups["consensus"] = 1
+        if "samples" in self.output_mode:
+            groups["samples"] = self.num_samples
+        return groups
+
+    @torch.jit.unused
+    def split_outputs(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = super().split_outputs(logits)
+        if "consensus" in out:
+            out["calibrated"] = out["consensus"]
+            if "personalized" not in out:  # the consensus for every rater: a rater-blind row, as FusionUNet
+                out["personalized"] = out["consensus"].expand(self.num_raters, *out["consensus"].shape[1:])
+        elif "personalized" in out:
+            out["calibrated"] = out["personalized"].mean(0, keepdim=True)
+        return out
+
+    @torch.jit.unused
+    def set_sampling(self, num_samples: int | None = None, sample_seed: Any = KEEP) -> None:
+        """Change S and/or the seed of the fixed inference noise (None: fresh noise at every call)."""
+        if sample_seed is not KEEP:
+            self.sample_seed = sample_seed
+            self.random_sampling = sample_seed is None
+        rows = self.num_samples if num_samples is None else int(num_samples)
+        self.pixel_noise = self._fixed_pixel_noise(rows).to(self.pixel_noise.device, self.pixel_noise.dtype)
+
+    # ------------------------------------------------------------------ the model
+    def gaussians(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Means and sigmas ``(B, 1 + R, H, W)``: channel 0 the global Gaussian, channel 1 + r rater r's."""
+        mu, s = self.global_head(features).split(1, dim=1)
+        delta_mu, delta_s = self.rater_heads(features).split(self.num_raters, dim=1)
+        mean = torch.cat([mu, mu + delta_mu], dim=1)
+        return mean, logit_scale(torch.cat([s, s + delta_s], dim=1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        mean, sigma = self.gaussians(self.backbone(image))
+        parts: list[torch.Tensor] = []
+        if "personalized" in self.output_mode:
+            parts.append(mean[:, 1:])
+        if "consensus" in self.output_mode:
+            parts.append(mean[:, :1])
+        if "samples" in self.output_mode:
+            noise = tiled_pixel_noise(self.pixel_noise, mean.shape[-2], mean.shape[-1])
+            if self.random_sampling:
+                noise = torch.randn_like(noise)
+            parts.append(sample_logit_gaussian(mean[:, :1], sigma[:, :1], noise.unsqueeze(0)))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    # ------------------------------------------------------------------ training
+    def training_objective(
+        self, image: torch.Tensor, label: torch.Tensor, rater_mask: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``{"loss", "global", "rater"}``: image ``(B, C, H, W)``, rater stack ``(B, R, H, W)``, rater mask
+        ``(B, R)`` bool (None: all present)."""
+        label, rater_mask = check_multirater_batch(image, label, rater_mask, self.num_raters)
+        if not bool(rater_mask.any()):
+            raise MultiRaterDataError(
+                "no rater annotated any sample of the batch (rater_mask all False); drop such samples from the datalist."
+            )
+        mean, sigma = self.gaussians(self.backbone(image))
+        m = self.num_mc_samples
+        noise = torch.randn(mean.shape[0], m, *mean.shape[1:], device=mean.device, dtype=mean.dtype)
+        samples = sample_logit_gaussian(mean.unsqueeze(1), sigma.unsqueeze(1), noise)  # (B, M, 1 + R, H, W)
+        target = label.unsqueeze(1).expand(-1, m, -1, -1, -1)
+        global_logits = samples[:, :, :1].expand(-1, -1, self.num_raters, -1, -1)
+        global_ce = F.binary_cross_entropy_with_logits(global_logits, target, reduction="none").mean((-1, -2))
+        rater_ce = F.binary_cross_entropy_with_logits(samples[:, :, 1:], target, reduction="none").mean((-1, -2))
+        weights = rater_mask.to(mean.dtype)
+        global_term = (global_ce.mean(1) * weights).sum() / weights.sum()
+        rater = (rater_ce.mean(1) * weights).sum() / weights.sum()
+        return {"loss": global_term + self.rater_weight * rater, "global": global_term, "rater": rater}
