@@ -11,10 +11,11 @@ table (markdown printed, CSV and JSON saved). Two suites:
   samples, ``dpersona`` Stage I with 10/30/50 samples and Stage II, ``proseg`` personalized, personalized
   with 50 samples and prior, and the baselines of the papers' tables ``cm_global``, ``cm_pixel`` (per-rater
   outputs, and the true label p for every rater), ``pionono`` (personalized, mixture samples), ``tab`` and ``padl``
-  (personalized, consensus mean, consensus samples); ``--ablation`` adds ProSeg without tau / Z / both (ProSeg Table 2) and with
+  (personalized, consensus mean, consensus samples) and ``mrnet`` (its one-hot per-rater outputs); ``--ablation`` adds
+  ProSeg without tau / Z / both (ProSeg Table 2) and with
   one image encoder head per rater instead of one shared by the raters.
 * ``--suite avap`` (the AVAP paper's Tables II and IV): ``avap``, its controller ablations "code only"
-  and "features only", ``mh_unet``, ``padl``, and ``unet_fusion`` with majority vote and with each rater
+  and "features only", ``mh_unet``, ``padl``, ``mrnet``, and ``unet_fusion`` with majority vote and with each rater
   (M1..MR). Every method is scored by the same 'Mean Voting' / 'Average' table
   (``CalibratedPersonalizedSaver``; a U-Net's calibrated map is its probability, and it gives every
   rater the same mask). The per-rater row is assembled from the R single-rater runs: its 'Average' is
@@ -98,6 +99,7 @@ def methods(suite: str, num_raters: int, per_rater: bool, ablation: bool) -> lis
                 ("AVAP features only", "avap", ["--network_def#use_rater_code", "False"]),
                 ("MH-UNet", "mh_unet", []),
                 ("PADL", "padl", ["--evaluation_settings", PADL_AVAP_SETTINGS]),
+                ("MR-Net", "mrnet", []),
                 ("U-Net (majority vote)", "unet_fusion", ["--fusion", "majority"])]
         return runs + [(f"U-Net (A{k + 1})", "unet_fusion", ["--fusion", "rater", "--fusion_rater", str(k)])
                        for k in range(num_raters)]
@@ -110,6 +112,7 @@ def methods(suite: str, num_raters: int, per_rater: bool, ablation: bool) -> lis
     runs += [("Prob. U-Net", "prob_unet", []), ("D-Persona", "dpersona", []), ("ProSeg", "proseg", []),
              ("CM-Global", "cm_global", []), ("CM-Pixel", "cm_pixel", []), ("Pionono", "pionono", [])]
     runs += [("TAB", "tab", []), ("PADL", "padl", [])]
+    runs += [("MR-Net", "mrnet", [])]
     if ablation:
         runs += [(f"ProSeg without {name}", "proseg", switches) for name, switches in (
             ("tau", ["--use_tau", "False"]), ("Z", ["--use_z", "False"]),
@@ -255,6 +258,12 @@ CLAIMS = {
          "PADL (personalized)", "MH-UNet", "average", True),
         ("PADL's global mean beats the majority-vote U-Net on Mean Voting (AVAP Table II, MV-UNet)",
          "PADL (global mean)", "U-Net (majority vote)", "mean_voting", True),
+        ("AVAP's calibrated map beats MR-Net's on Mean Voting (AVAP Table II)", "AVAP", "MR-Net", "mean_voting", True),
+        ("AVAP's per-rater outputs beat MR-Net's on Average (AVAP Table II)", "AVAP", "MR-Net", "average", True),
+        ("MH-UNet's per-rater outputs beat MR-Net's on Average (AVAP Table II)", "MH-UNet", "MR-Net", "average", True),
+        ("MR-Net's calibrated map beats MH-UNet's on Mean Voting (AVAP Table II)", "MR-Net", "MH-UNet", "mean_voting", True),
+        ("MR-Net's calibrated map beats the majority-vote U-Net on Mean Voting (AVAP Table II: MV-UNet)",
+         "MR-Net", "U-Net (majority vote)", "mean_voting", True),
         ("the controller needs the rater code: both inputs beat features only on Average (AVAP Table IV)",
          "AVAP", "AVAP features only", "average", True),
         ("the rater code alone beats features only on Average (AVAP Table IV)",

@@ -81,6 +81,7 @@ TINY = {
     "pionono": [*_TINY_BACKBONE, "--network_def#head_hidden", "8", "--num_samples", "6"],
     "tab": [*_TINY_BACKBONE, "--network_def#embed_dim", "16", "--num_samples", "6"],
     "padl": [*_TINY_BACKBONE, "--num_samples", "6"],
+    "mrnet": [*_TINY_BACKBONE, "--network_def#head_hidden", "8", "--num_samples", "6"],
     "unet_fusion": ["--backbone#channels", "[8,16,32]", "--backbone#strides", "[2,2]", "--backbone#num_res_units", "1"],
 }
 # The synthetic data set of conftest.synthetic_dir: values in [0, 1], raters in their own order.

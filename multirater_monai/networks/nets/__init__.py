@@ -5,6 +5,7 @@ from .confusion_matrix_net import CM_MODES, CM_OUTPUT_MODES, ConfusionMatrixNet
 from .dpersona import OUTPUT_MODES, DPersona
 from .fusion_unet import FusionUNet
 from .mh_unet import MultiHeadUNet
+from .mrnet import MRNET_OUTPUT_MODES, MRNet
 from .padl import PADL, PADL_OUTPUT_MODES
 from .pionono import PIONONO_OUTPUT_MODES, Pionono
 from .prob_unet import ProbabilisticUNet, build_latent_parts
@@ -21,6 +22,8 @@ __all__ = [
     "OUTPUT_MODES",
     "FusionUNet",
     "MultiHeadUNet",
+    "MRNet",
+    "MRNET_OUTPUT_MODES",
     "Pionono",
     "PIONONO_OUTPUT_MODES",
     "ProbabilisticUNet",
