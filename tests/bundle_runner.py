@@ -88,6 +88,23 @@ TINY = {
 SYNTHETIC = ["--dataset_name", "synthetic", "--rank_raters_by_area", "False", "--intensity_range", "[0,1]"]
 
 
+def two_structure_row(configs: Path, tmp_path: Path, synthetic_args: list[str], training_args: list[str]) -> dict:
+    """Train and evaluate a bundle on a 40-image synthetic set of two structures (lesion + core, 32x32,
+    four raters); its evaluation row, whose keys are prefixed with the structures' names."""
+    import json
+
+    from multirater_monai.data import prepare_synthetic
+
+    data = tmp_path / "data"
+    prepare_synthetic(data, num_samples=40, num_raters=4, seed=5, size=32, num_structures=2)
+    root = tmp_path / "bundle"
+    two = [*synthetic_args, "--num_structures", "2", "--dataset_dir", str(data), "--bundle_root", str(root)]
+    bundle_ok(["run", "training", "--config_file", str(configs / "train.json"), *two, *training_args])
+    bundle_ok(["run", "--config_file", f"['{configs / 'train.json'}','{configs / 'evaluate.json'}']", *two])
+    [row] = json.loads((root / "eval" / "metrics.json").read_text())["rows"]
+    return row
+
+
 def overrides_dict(args: list[str]) -> dict:
     """``["--a#b", "[1,2]", ...]`` -> ``{"a#b": [1, 2], ...}`` (values parsed as MONAI's CLI does)."""
     import ast

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .bundle_runner import TINY, bundle_ok, rater_areas, run_inference
+from .bundle_runner import TINY, bundle_ok, rater_areas, run_inference, two_structure_row
 from .bundle_runner import stem as stem_of
 from .conftest import REPO_ROOT
 
@@ -70,16 +70,8 @@ def test_inference_writes_calibrated_map_rater_masks_and_samples(trained, synthe
 
 
 def test_two_structures_are_evaluated_per_structure(tmp_path):
-    from multirater_monai.data import prepare_synthetic
-
-    data = tmp_path / "data"
-    prepare_synthetic(data, num_samples=40, num_raters=4, seed=5, size=32, num_structures=2)
-    root = tmp_path / "bundle"
-    two = [*SYNTHETIC, "--num_structures", "2", "--dataset_dir", str(data), "--bundle_root", str(root)]
-    bundle_ok(["run", "training", "--config_file", str(CONFIGS / "train.json"), *two,
-               "--epochs", "6", *FAST, "--val_interval", "2", "--batch_size", "4"])
-    bundle_ok(["run", "--config_file", TRAIN_CONFIGS, *two])
-    [row] = json.loads((root / "eval" / "metrics.json").read_text())["rows"]
+    row = two_structure_row(CONFIGS, tmp_path, SYNTHETIC,
+                            ["--epochs", "6", *FAST, "--val_interval", "2", "--batch_size", "4"])
     for structure in ("lesion", "core"):  # the datalist's structure names
         assert {f"{structure}_mean_voting", f"{structure}_average", f"{structure}_ged", f"{structure}_dice_A4"} <= set(row)
     assert row["lesion_mean_voting"] > 0.5  # found the lesion in 42 steps
