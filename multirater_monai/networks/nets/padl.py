@@ -43,7 +43,7 @@ from ...utils.errors import MultiRaterDataError
 from ..blocks.backbone import BackboneConfig
 from ..blocks.logit_gaussian import logit_scale, sample_logit_gaussian, tiled_pixel_noise
 from ..blocks.sampling import KEEP, fixed_noise
-from ..method import MultiRaterMethod
+from ..consensus_method import ConsensusRaterMethod
 from ..rater_batch import check_multirater_batch
 
 __all__ = ["PADL", "PADL_OUTPUT_MODES"]
@@ -51,7 +51,7 @@ __all__ = ["PADL", "PADL_OUTPUT_MODES"]
 PADL_OUTPUT_MODES = ("personalized", "samples", "consensus", "personalized+consensus+samples")
 
 
-class PADL(MultiRaterMethod):
+class PADL(ConsensusRaterMethod):
     """PADL network; see the module docstring.
 
     Args:
@@ -113,27 +113,6 @@ class PADL(MultiRaterMethod):
     @property
     def num_samples(self) -> int:
         return int(self.pixel_noise.shape[0])
-
-    def output_groups(self) -> dict[str, int]:
-        groups: dict[str, int] = {}
-        if "personalized" in self.output_mode:
-            groups["personalized"] = self.num_raters
-        if "consensus" in self.output_mode:
-            groups["consensus"] = 1
-        if "samples" in self.output_mode:
-            groups["samples"] = self.num_samples
-        return groups
-
-    @torch.jit.unused
-    def split_outputs(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = super().split_outputs(logits)
-        if "consensus" in out:
-            out["calibrated"] = out["consensus"]
-            if "personalized" not in out:  # the consensus for every rater: a rater-blind row, as FusionUNet
-                out["personalized"] = out["consensus"].expand(self.num_raters, *out["consensus"].shape[1:])
-        elif "personalized" in out:
-            out["calibrated"] = out["personalized"].mean(0, keepdim=True)
-        return out
 
     @torch.jit.unused
     def set_sampling(self, num_samples: int | None = None, sample_seed: Any = KEEP) -> None:

@@ -60,7 +60,7 @@ from ...utils.errors import MultiRaterDataError
 from ..blocks.backbone import BackboneConfig
 from ..blocks.logit_gaussian import logit_scale, sample_logit_gaussian, tiled_pixel_noise
 from ..blocks.sampling import KEEP, fixed_noise
-from ..method import MultiRaterMethod
+from ..consensus_method import ConsensusRaterMethod
 from ..rater_batch import check_multirater_batch
 
 __all__ = ["TAB", "TAB_OUTPUT_MODES"]
@@ -74,7 +74,7 @@ def _pixel_noise(rows: int, tile: int, seed: int | None, like: torch.Tensor | No
     return flat.reshape(rows, tile, tile)
 
 
-class TAB(MultiRaterMethod):
+class TAB(ConsensusRaterMethod):
     """TAB network; see the module docstring.
 
     Args:
@@ -153,27 +153,6 @@ class TAB(MultiRaterMethod):
     @property
     def num_samples(self) -> int:
         return int(self.factor_noise.shape[0])
-
-    def output_groups(self) -> dict[str, int]:
-        groups: dict[str, int] = {}
-        if "personalized" in self.output_mode:
-            groups["personalized"] = self.num_raters
-        if "consensus" in self.output_mode:
-            groups["consensus"] = 1
-        if "samples" in self.output_mode:
-            groups["samples"] = self.num_samples
-        return groups
-
-    @torch.jit.unused
-    def split_outputs(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = super().split_outputs(logits)
-        if "consensus" in out:
-            out["calibrated"] = out["consensus"]
-            if "personalized" not in out:  # the consensus for every rater: a rater-blind row, as FusionUNet
-                out["personalized"] = out["consensus"].expand(self.num_raters, *out["consensus"].shape[1:])
-        elif "personalized" in out:
-            out["calibrated"] = out["personalized"].mean(0, keepdim=True)
-        return out
 
     @torch.jit.unused
     def set_sampling(self, num_samples: int | None = None, sample_seed: Any = KEEP) -> None:
