@@ -64,6 +64,7 @@ from ..blocks.backbone import BackboneConfig
 from ..blocks.latent_head import LatentCombiningHead
 from ..blocks.sampling import KEEP
 from ..method import MultiRaterMethod
+from ..rater_batch import check_structured_batch
 
 __all__ = [
     "MRNet",
@@ -356,28 +357,7 @@ class MRNet(MultiRaterMethod):
         self, image: torch.Tensor, label: torch.Tensor, rater_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Float label ``(B, K * R, *sp)`` and bool mask ``(B, K * R)``."""
-        channels = self.num_raters * self.num_structures
-        if label.dim() != image.dim() or label.shape[0] != image.shape[0] or label.shape[2:] != image.shape[2:]:
-            raise MultiRaterDataError(
-                f"rater stack {tuple(label.shape)} does not match image {tuple(image.shape)}: expected "
-                "(B, K * R, *spatial) with the image's batch and spatial size; check the loading transforms."
-            )
-        if label.shape[1] != channels:
-            raise MultiRaterDataError(
-                f"the batch has {label.shape[1]} rater channels but the network was built for num_raters="
-                f"{self.num_raters} x num_structures={self.num_structures} = {channels}; set num_raters and "
-                "num_structures in the config to the datalist's."
-            )
-        batch = label.shape[0]
-        if rater_mask is None:
-            return label.to(image.dtype), torch.ones(batch, channels, dtype=torch.bool, device=label.device)
-        mask = torch.as_tensor(rater_mask, device=label.device).to(torch.bool)
-        if mask.shape == (batch, self.num_raters):
-            mask = mask.repeat(1, self.num_structures)
-        if mask.shape != (batch, channels):
-            raise MultiRaterDataError(f"rater_mask {tuple(mask.shape)} must be (B, R * K) = ({batch}, {channels}) "
-                                      "or (B, R).")
-        return label.to(image.dtype), mask
+        return check_structured_batch(image, label, rater_mask, self.num_raters, self.num_structures)
 
     def training_objective(
         self, image: torch.Tensor, label: torch.Tensor, rater_mask: torch.Tensor | None = None,
