@@ -241,8 +241,9 @@ def _pixel_flip_rates(confusion: torch.Tensor, clean: torch.Tensor) -> torch.Ten
 @pytest.mark.slow
 def test_cm_pixel_recovers_known_rater_confusions_and_beats_the_majority_vote(confused_data, majority_vote_dice):
     """CM-Pixel on CM-Global's raters, with the bundle's settings: trace weight 0.01, the pixel start
-    0.639 (rows 0.654; CM_INIT_DIAGONAL["pixel"] to three decimals; with the exact default it passes too). 400 steps at 32x32 (+ the majority-vote network, shared
-    with the CM-Global test), ~25 s on one core.
+    0.639 (rows 0.654; CM_INIT_DIAGONAL["pixel"] to three decimals; with the exact default it passes
+    too). 400 steps at 32x32 (+ the majority-vote network, shared with the CM-Global test): ~20 s on
+    one core, ~33 s with the majority-vote network.
 
     The noise is the same at every pixel, so each rater's per-pixel matrices, averaged over the clean
     background (P(fg | bg)) and the clean object (P(bg | fg)), must come back as the flip rates FLIPS.
@@ -253,11 +254,12 @@ def test_cm_pixel_recovers_known_rater_confusions_and_beats_the_majority_vote(co
     0.14, fails.
 
     The trace's sign cannot fail this test at a test-size budget, so the test does not claim it. With
-    the trace maximised (weight -0.01, 400 steps): flip rates (0.046, 0.66), (0.099, 0.74), (0.001, 0.73),
-    Dice of p 0.76, and even the rows p does not use (P(fg | bg) on the object 0.22 / 0.23 / 0.09 against
-    0.26 / 0.24 / 0.07 minimised; P(bg | fg) on the background 0.98-1.0 both ways) do not move. Stronger
-    weights, start 0.64, minimised / maximised: Dice of p 0.70 / 0.74 at 0.1, 0.80 / 0.68 at 1.0, 0.69
-    without the trace; the flip rates within 0.05 in every case. Per pixel the cross entropy fixes the
+    the trace maximised (``net.trace_weight = -0.01`` after building, 400 steps): flip rates (0.046,
+    0.66), (0.099, 0.74), (0.001, 0.73), Dice of p 0.76, and even the rows p does not use (P(fg | bg)
+    on the object 0.22 / 0.23 / 0.09 against 0.26 / 0.24 / 0.07 minimised; P(bg | fg) on the background
+    0.98-1.0 both ways) do not move. Stronger weights, start 0.64, minimised / maximised: Dice of p
+    0.70 / 0.74 at 0.1, 0.80 / 0.68 at 1.0, 0.69 without the trace; the flip rates within 0.05 in every
+    case. Per pixel the cross entropy fixes the
     used rows and p from the start's side of the label permutation; the trace could only act through
     the unused rows, which the per-pixel head sets freely (module docstring of confusion_matrix_net).
     What distinguishes the method here is asserted: the per-pixel matrices carry each rater's noise, and
@@ -265,7 +267,8 @@ def test_cm_pixel_recovers_known_rater_confusions_and_beats_the_majority_vote(co
     """
     train, test = confused_data
     torch.manual_seed(0)
-    net = ConfusionMatrixNet.build(num_raters=3, backbone=SMALL, mode="pixel", trace_weight=0.01, cm_init_diagonal=0.639)
+    net = ConfusionMatrixNet.build(num_raters=3, backbone=SMALL, mode="pixel", trace_weight=0.01,
+                                   cm_init_diagonal=0.639)
     _fit(net, train, 400)
     net.eval()
     with torch.no_grad():
