@@ -73,8 +73,15 @@ def test_absent_raters_take_no_part_in_the_loss():
     assert a["loss"].item() != pixel.training_objective(image, changed)["loss"].item()
 
 
+# The starts by hand: global exp(4) / (exp(4) + 1); pixel softplus(1) / (softplus(1) + softplus(0)), the
+# normalised softplus'd identity the global matrices of Zhang et al.'s code start from
+STARTS = {"global": math.exp(4) / (math.exp(4) + 1),
+          "pixel": math.log1p(math.e) / (math.log1p(math.e) + math.log(2.0))}
+
+
 @pytest.mark.parametrize("mode", ["global", "pixel"])
-def test_every_confusion_matrix_is_2x2_with_rows_summing_to_one_and_starts_near_identity(mode):
+def test_every_confusion_matrix_is_2x2_with_rows_summing_to_one_and_starts_on_the_diagonal(mode):
+    assert STARTS == pytest.approx({"global": 0.982, "pixel": 0.654}, abs=1e-3)
     torch.manual_seed(0)
     net = ConfusionMatrixNet.build(num_raters=3, num_structures=2, backbone=SMALL, mode=mode)
     image = torch.rand(2, 1, 16, 16)
@@ -83,7 +90,7 @@ def test_every_confusion_matrix_is_2x2_with_rows_summing_to_one_and_starts_near_
     assert cm.shape[:row_dim + 1][-4:] == (2, 3, 2, 2)  # K, R, true class, rater's class
     assert torch.allclose(cm.sum(row_dim), torch.ones(()), atol=1e-6)
     diagonal = torch.diagonal(cm, dim1=row_dim - 1, dim2=row_dim)
-    assert torch.allclose(diagonal, torch.tensor(0.982), atol=1e-3)  # exp(4) / (exp(4) + 1)
+    assert torch.allclose(diagonal, torch.tensor(STARTS[mode]), atol=1e-6)
     # training moves them and keeps them row-normalised
     optimizer = torch.optim.Adam(net.parameters_to_train(), lr=0.05)
     for _ in range(3):
@@ -93,7 +100,7 @@ def test_every_confusion_matrix_is_2x2_with_rows_summing_to_one_and_starts_near_
         optimizer.step()
     cm = net.confusion_matrices(image)
     assert torch.allclose(cm.sum(row_dim), torch.ones(()), atol=1e-6)
-    assert not torch.allclose(torch.diagonal(cm, dim1=row_dim - 1, dim2=row_dim), torch.tensor(0.982), atol=1e-3)
+    assert not torch.allclose(torch.diagonal(cm, dim1=row_dim - 1, dim2=row_dim), torch.tensor(STARTS[mode]), atol=1e-3)
 
 
 def test_output_groups_and_calibrated_map():
@@ -182,7 +189,26 @@ def _dice(logits: torch.Tensor, clean: torch.Tensor) -> float:
     return (2 * (pred * clean).sum() / (pred.sum() + clean.sum())).item()
 
 
-def test_cm_global_recovers_known_rater_confusions_and_beats_the_majority_vote():
+@pytest.fixture(scope="module")
+def confused_data():
+    """(train, test): 64 and 32 images with the raters of FLIPS."""
+    return _confused_raters(64, 0), _confused_raters(32, 1)
+
+
+@pytest.fixture(scope="module")
+def majority_vote_dice(confused_data) -> float:
+    """Dice against the clean mask of a network trained on the raters' majority vote (400 steps): 0.26."""
+    train, test = confused_data
+    votes = (train[1].sum(1, keepdim=True) >= 2).float()
+    torch.manual_seed(0)
+    majority = ConfusionMatrixNet.build(num_raters=1, backbone=SMALL, output_mode="true_label")
+    _fit(majority, train, 400,
+         loss_fn=lambda m, idx: F.binary_cross_entropy_with_logits(m(train[0][idx]), votes[idx]))
+    with torch.no_grad():
+        return _dice(majority.eval()(test[0]), test[3])
+
+
+def test_cm_global_recovers_known_rater_confusions_and_beats_the_majority_vote(confused_data, majority_vote_dice):
     """400 steps each at 32x32, ~15 s on one core. Trace weight 0.03 (the bundles use Tanno's 0.01, which
     converges more slowly: after 1200 steps P(bg | fg) is 0.30 / 0.75 / 0.63 and the Dice of p 0.63).
 
@@ -190,7 +216,7 @@ def test_cm_global_recovers_known_rater_confusions_and_beats_the_majority_vote()
     the true (0.05, 0.6), (0.1, 0.7), (0.0, 0.7); Dice of p with the clean mask 0.84, of the majority-vote
     network 0.26. With the trace maximised instead: every P(bg | fg) about 0.001, Dice of p 0.26.
     """
-    train, test = _confused_raters(64, 0), _confused_raters(32, 1)
+    train, test = confused_data
     torch.manual_seed(0)
     net = ConfusionMatrixNet.build(num_raters=3, backbone=SMALL, mode="global", trace_weight=0.03)
     _fit(net, train, 400)
@@ -198,12 +224,56 @@ def test_cm_global_recovers_known_rater_confusions_and_beats_the_majority_vote()
     learned = torch.stack([confusion[:, 0, 1], confusion[:, 1, 0]], 1)
     assert torch.allclose(learned, torch.tensor(FLIPS), atol=0.1), learned
 
-    votes = (train[1].sum(1, keepdim=True) >= 2).float()
-    torch.manual_seed(0)
-    majority = ConfusionMatrixNet.build(num_raters=1, backbone=SMALL, output_mode="true_label")
-    _fit(majority, train, 400,
-         loss_fn=lambda m, idx: F.binary_cross_entropy_with_logits(m(train[0][idx]), votes[idx]))
     net.set_output_mode("true_label")
     with torch.no_grad():
-        dice_p, dice_vote = _dice(net.eval()(test[0]), test[3]), _dice(majority.eval()(test[0]), test[3])
-    assert dice_p > 0.75 and dice_p > dice_vote + 0.3, (dice_p, dice_vote)
+        dice_p = _dice(net.eval()(test[0]), test[3])
+    assert dice_p > 0.75 and dice_p > majority_vote_dice + 0.3, (dice_p, majority_vote_dice)
+
+
+def _pixel_flip_rates(confusion: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """``(R, 2)``: per rater, CM-Pixel's P(fg | bg) averaged over the clean background and P(bg | fg) over
+    the clean object; ``confusion`` ``(B, R, 2, 2, H, W)``, ``clean`` ``(B, H, W)`` bool."""
+    false_fg = confusion[:, :, 0, 1].transpose(0, 1)  # (R, B, H, W)
+    missed = confusion[:, :, 1, 0].transpose(0, 1)
+    return torch.stack([false_fg[:, ~clean].mean(-1), missed[:, clean].mean(-1)], 1)
+
+
+@pytest.mark.slow
+def test_cm_pixel_recovers_known_rater_confusions_and_beats_the_majority_vote(confused_data, majority_vote_dice):
+    """CM-Pixel on CM-Global's raters, with the bundle's settings: trace weight 0.01, the pixel start
+    0.639 (rows 0.654; CM_INIT_DIAGONAL["pixel"] to three decimals; with the exact default it passes
+    too). 400 steps at 32x32 (+ the majority-vote network, shared with the CM-Global test): ~20 s on
+    one core, ~33 s with the majority-vote network.
+
+    The noise is the same at every pixel, so each rater's per-pixel matrices, averaged over the clean
+    background (P(fg | bg)) and the clean object (P(bg | fg)), must come back as the flip rates FLIPS.
+    Measured (seed 0): (0.056, 0.66), (0.110, 0.74), (0.001, 0.74) for the true (0.05, 0.6), (0.1, 0.7),
+    (0.0, 0.7); Dice of p with the clean mask 0.76, of the majority-vote network 0.26. The start decides
+    (same run, other starts): 4.0 (CM-Global's, rows 0.982): P(bg | fg) 0.03 / 0.17 / 0.33, Dice of p
+    0.44, fails; 0.0 (uniform rows, about the random start of Zhang et al.'s pixel head): Dice of p
+    0.14, fails.
+
+    The trace's sign cannot fail this test at a test-size budget, so the test does not claim it. With
+    the trace maximised (``net.trace_weight = -0.01`` after building, 400 steps): flip rates (0.046,
+    0.66), (0.099, 0.74), (0.001, 0.73), Dice of p 0.76, and even the rows p does not use (P(fg | bg)
+    on the object 0.22 / 0.23 / 0.09 against 0.26 / 0.24 / 0.07 minimised; P(bg | fg) on the background
+    0.98-1.0 both ways) do not move. Stronger weights, start 0.64, minimised / maximised: Dice of p
+    0.70 / 0.74 at 0.1, 0.80 / 0.68 at 1.0, 0.69 without the trace; the flip rates within 0.05 in every
+    case. Per pixel the cross entropy fixes the
+    used rows and p from the start's side of the label permutation; the trace could only act through
+    the unused rows, which the per-pixel head sets freely (module docstring of confusion_matrix_net).
+    What distinguishes the method here is asserted: the per-pixel matrices carry each rater's noise, and
+    p, freed of it, beats the majority vote by 0.3.
+    """
+    train, test = confused_data
+    torch.manual_seed(0)
+    net = ConfusionMatrixNet.build(num_raters=3, backbone=SMALL, mode="pixel", trace_weight=0.01,
+                                   cm_init_diagonal=0.639)
+    _fit(net, train, 400)
+    net.eval()
+    with torch.no_grad():
+        learned = _pixel_flip_rates(net.confusion_matrices(test[0])[:, 0], test[3][:, 0].bool())
+        net.set_output_mode("true_label")
+        dice_p = _dice(net(test[0]), test[3])
+    assert torch.allclose(learned, torch.tensor(FLIPS), atol=0.1), learned
+    assert dice_p > 0.6 and dice_p > majority_vote_dice + 0.3, (dice_p, majority_vote_dice)
