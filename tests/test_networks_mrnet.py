@@ -117,6 +117,46 @@ def test_loss_terms_by_hand_and_absent_raters_do_not_count():
         assert bce_only["reconstruction"].item() == terms["reconstruction"].item()
 
 
+def test_training_codes_anchor_the_equal_and_one_hot_vectors_inference_reads():
+    """Every training step also trains the vectors that are scored: the equal-weight vector (the calibrated
+    map, target the mean of the PRESENT raters) and each rater's one-hot vector (target that rater's mask);
+    before, only Dirichlet draws were trained, which almost never lie near either."""
+    net = _net(num_structures=2, random_codes=2).eval()
+    present = torch.tensor([[True, False, True], [True, True, True]])
+    torch.manual_seed(0)
+    codes = net.training_codes(present)
+    assert codes.shape == (2, 1 + 3 + 2, 3)
+    torch.testing.assert_close(codes[:, 0], torch.full((2, 3), 1 / 3))
+    torch.testing.assert_close(codes[:, 1:4], torch.eye(3).expand(2, 3, 3))
+    assert codes[0, 4:, 1].eq(0).all() and torch.allclose(codes[:, 4:].sum(2), torch.ones(2, 2))  # absent A2: 0
+    assert _net(anchor_codes=False).training_codes(present).shape == (2, 1, 3)
+    # the loss of N vectors per image: the Dice per (vector, structure) channel over the batch, the cross entropy
+    # over the valid (sample, channel) pairs, by hand; sample 0's one-hot A2 target is undefined and not counted
+    net = _net(num_structures=2, random_codes=0).eval()
+    image, label = _batch(structures=2)
+    mask = present
+    loss_fn = PresentRaterDiceBCELoss()
+    with torch.no_grad():
+        terms = net.training_objective(image, label, mask)
+        codes = net.fixed_codes.expand(2, 4, 3)
+        refined, coarse, reconstruction = net.predict(net.backbone(image), codes)
+        stack = label.reshape(2, 2, 3, 16, 16)
+        mean0 = (stack[0, :, 0] + stack[0, :, 2]) / 2  # the equal vector, A2 absent: the mean of A1 and A3
+        target = torch.zeros(2, 4, 2, 16, 16)
+        target[0, 0], target[1, 0] = mean0, stack[1].mean(1)
+        target[:, 1:] = stack.transpose(1, 2)  # one-hot r: rater r's masks (K of them)
+        valid = torch.ones(2, 4, 2, dtype=torch.bool)
+        valid[0, 2] = False
+        expected = sum(loss_fn(refined.flatten(1, 2), target.flatten(1, 2), valid.flatten(1)))
+        assert terms["refined"].item() == pytest.approx(expected.item(), rel=1e-5)
+        expected = sum(loss_fn(coarse.flatten(1, 2), target.flatten(1, 2), valid.flatten(1)))
+        assert terms["coarse"].item() == pytest.approx(expected.item(), rel=1e-5)
+        expected = sum(loss_fn(reconstruction.flatten(1, 2), label.repeat(1, 4, 1, 1), mask.repeat(1, 8)))
+        assert terms["reconstruction"].item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="random_codes"):
+        _net(anchor_codes=False, random_codes=0)
+
+
 def test_outputs_are_the_refined_prediction_for_equal_one_hot_and_random_vectors():
     net = _net(num_structures=2, num_samples=4).eval()
     image, _ = _batch()

@@ -228,6 +228,8 @@ class MRNet(MultiRaterMethod):
         fused_loss: str = "dice+bce",
         output_mode: str = "calibrated+personalized",
         sample_seed: int | None = 0,
+        anchor_codes: bool = True,
+        random_codes: int = 1,
     ) -> None:
         super().__init__(num_raters, num_structures)
         if expertise_head.latent_dim != num_raters or expertise_head.out_channels != num_structures:
@@ -239,6 +241,8 @@ class MRNet(MultiRaterMethod):
             raise ValueError(f"fused_loss must be one of {FUSED_LOSSES}, got {fused_loss!r}.")
         if float(concentration) <= 0:
             raise ValueError(f"concentration must be > 0, got {concentration}.")
+        if int(random_codes) < 0 or (int(random_codes) == 0 and not anchor_codes):
+            raise ValueError(f"random_codes must be >= 0, and > 0 without anchor_codes, got {random_codes}.")
         if float(coarse_weight) < 0 or float(reconstruction_weight) < 0:
             raise ValueError(f"coarse_weight and reconstruction_weight must be >= 0, got {coarse_weight}, "
                              f"{reconstruction_weight}.")
@@ -250,6 +254,8 @@ class MRNet(MultiRaterMethod):
         self.coarse_weight = float(coarse_weight)
         self.reconstruction_weight = float(reconstruction_weight)
         self.fused_loss = fused_loss
+        self.anchor_codes = bool(anchor_codes)
+        self.random_codes = int(random_codes)
         r = self.num_raters
         # the calibrated vector (equal weights, the mean vote), then the one-hot vector of each rater
         self.register_buffer("fixed_codes", torch.cat([torch.full((1, r), 1.0 / r), torch.eye(r)]), persistent=False)
@@ -359,28 +365,58 @@ class MRNet(MultiRaterMethod):
         """Float label ``(B, K * R, *sp)`` and bool mask ``(B, K * R)``."""
         return check_structured_batch(image, label, rater_mask, self.num_raters, self.num_structures)
 
+    def training_codes(self, per_rater: torch.Tensor) -> torch.Tensor:
+        """``(B, N, R)`` expertise vectors of one training step, ``per_rater`` ``(B, R)`` the present raters.
+
+        ``random_codes`` Dirichlet draws per image (:func:`random_expertise`) and, with ``anchor_codes``, first
+        the vectors inference reads: the equal-weight vector (the calibrated map) and each rater's one-hot
+        vector (the per-rater outputs). A Dirichlet draw almost never lies near the equal vector (for a
+        concentration below 1 its density is least there) nor exactly on a one-hot vector, so without the
+        anchors the outputs that are scored are ones the heads were never trained on. All vectors of an image
+        share one backbone pass; each costs only the heads.
+        """
+        batch = per_rater.shape[0]
+        parts: list[torch.Tensor] = []
+        if self.anchor_codes:
+            parts.append(self.fixed_codes.unsqueeze(0).expand(batch, -1, -1))
+        for _ in range(self.random_codes):
+            parts.append(random_expertise(per_rater, self.concentration).to(self.fixed_codes.device).unsqueeze(1))
+        return torch.cat(parts, dim=1)
+
     def training_objective(
         self, image: torch.Tensor, label: torch.Tensor, rater_mask: torch.Tensor | None = None,
         expertise: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """``{"loss", "refined", "coarse", "reconstruction"}``; ``expertise`` ``(B, R)`` fixes the vectors
-        (default: random, see :func:`random_expertise`)."""
+        """``{"loss", "refined", "coarse", "reconstruction"}``; ``expertise`` ``(B, R)`` or ``(B, N, R)`` fixes the
+        vectors (default: :meth:`training_codes`). With N vectors per image every term is the mean over the
+        (vector, structure) channels: the Dice per channel over the batch, the cross entropy over the valid
+        (sample, channel) pairs; one vector per image is the single-vector loss."""
         label, mask = self._check_batch(image, label, rater_mask)
         batch = label.shape[0]
         per_rater = mask.reshape(batch, self.num_structures, self.num_raters).any(dim=1)  # (B, R)
         if expertise is None:
-            expertise = random_expertise(per_rater, self.concentration)
+            expertise = self.training_codes(per_rater)
+        if expertise.dim() == 2:
+            expertise = expertise.unsqueeze(1)
         expertise = expertise.to(image.device, image.dtype)
-        target, valid = expertise_fused_label(label, expertise, mask, self.num_structures)
+        n = expertise.shape[1]
+        spatial = list(label.shape[2:])
+        # one fused label per (image, vector): the images repeated N times, vector-major within an image
+        target, valid = expertise_fused_label(
+            label.repeat_interleave(n, dim=0), expertise.reshape(batch * n, -1), mask.repeat_interleave(n, dim=0),
+            self.num_structures)
         if not bool(valid.any()):
             raise MultiRaterDataError("no rater annotated any sample of the batch (rater_mask all False); drop such "
                                       "samples from the datalist.")
-        refined, coarse, reconstruction = self.predict(self.backbone(image), expertise.unsqueeze(1))
+        target = target.reshape([batch, n * self.num_structures] + spatial)
+        valid = valid.reshape(batch, n * self.num_structures)
+        refined, coarse, reconstruction = self.predict(self.backbone(image), expertise)
         loss_fn = self._losses["dice_bce"]
         # "bce": the fused label is soft, and its cross entropy alone is least where the probability equals it
         fused = slice(0, 2) if self.fused_loss == "dice+bce" else slice(1, 2)
-        refined_loss = sum(loss_fn(refined[:, 0], target, valid)[fused])
-        coarse_loss = sum(loss_fn(coarse[:, 0], target, valid)[fused])
-        reconstruction_loss = sum(loss_fn(reconstruction[:, 0], label, mask))
+        refined_loss = sum(loss_fn(refined.flatten(1, 2), target, valid)[fused])
+        coarse_loss = sum(loss_fn(coarse.flatten(1, 2), target, valid)[fused])
+        reconstruction_loss = sum(loss_fn(reconstruction.flatten(1, 2), label.repeat(1, n, *([1] * len(spatial))),
+                                          mask.repeat(1, n)))
         loss = refined_loss + self.coarse_weight * coarse_loss + self.reconstruction_weight * reconstruction_loss
         return {"loss": loss, "refined": refined_loss, "coarse": coarse_loss, "reconstruction": reconstruction_loss}
