@@ -157,6 +157,29 @@ def test_training_codes_anchor_the_equal_and_one_hot_vectors_inference_reads():
         _net(anchor_codes=False, random_codes=0)
 
 
+def test_hard_dice_loss_puts_the_dice_only_on_hard_fused_labels():
+    """"hard_dice+bce": the cross entropy on every fused label, the Dice only on the (sample, channel) pairs
+    whose label is a hard mask: the one-hot vectors' (and, where the raters agree, any vector's)."""
+    net = _net(random_codes=0, fused_loss="hard_dice+bce").eval()
+    image, label = _batch()
+    label[1] = label[1, :1]  # sample 1: the three raters agree, so its equal-vector label is hard too
+    loss_fn = PresentRaterDiceBCELoss()
+    with torch.no_grad():
+        terms = net.training_objective(image, label)
+        refined = net.predict(net.backbone(image), net.fixed_codes.expand(2, 4, 3))[0][:, :, 0]  # (B, 4, *sp)
+        target = torch.cat([label.mean(1, keepdim=True), label], 1)
+        hard = torch.ones(2, 4, dtype=torch.bool)
+        hard[0, 0] = False  # sample 0's mean of three different masks is soft
+        dice = loss_fn(refined, target, hard)[0]
+        bce = loss_fn(refined, target, torch.ones(2, 4, dtype=torch.bool))[1]
+        assert terms["refined"].item() == pytest.approx((dice + bce).item(), rel=1e-5)
+        net.fused_loss = "dice+bce"
+        both = net.training_objective(image, label)["refined"]
+        assert both.item() == pytest.approx(sum(loss_fn(refined, target, torch.ones(2, 4, dtype=torch.bool))).item(),
+                                            rel=1e-5)
+        assert both.item() != terms["refined"].item()
+
+
 def test_outputs_are_the_refined_prediction_for_equal_one_hot_and_random_vectors():
     net = _net(num_structures=2, num_samples=4).eval()
     image, _ = _batch()
@@ -216,6 +239,8 @@ def test_clear_errors_on_bad_batches_and_settings():
         _net(concentration=0.0)
     with pytest.raises(ValueError, match="fused_loss"):
         _net(fused_loss="dice")
+    with pytest.raises(ValueError, match="random_codes"):
+        _net(random_codes=-1)
     with pytest.raises(ValueError, match="output_mode"):
         net.set_output_mode("prior")
 
