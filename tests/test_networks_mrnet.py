@@ -180,6 +180,28 @@ def test_hard_dice_loss_puts_the_dice_only_on_hard_fused_labels():
         assert both.item() != terms["refined"].item()
 
 
+def test_rater_readout_gives_each_one_hot_vector_its_own_output_layer():
+    """rater_readout: the expertise and refinement heads end in one output channel per (structure, rater),
+    mixed by the vector; a one-hot vector reads its rater's channel, the equal vector their mean, by hand."""
+    net = _net(num_structures=2, rater_readout=True).eval()
+    assert net.expertise_head.out_channels == 6 and net.refinement_head.out.out_channels == 6
+    image, _ = _batch()
+    codes = torch.tensor([[1 / 3, 1 / 3, 1 / 3], [0.0, 1.0, 0.0], [0.2, 0.0, 0.8]]).expand(2, 3, 3)
+    with torch.no_grad():
+        features = net.backbone(image)
+        readouts = net.expertise_head(features, codes).reshape(2, 3, 2, 3, 16, 16)  # (B, N, K, R, *sp)
+        _, coarse, _ = net.predict(features, codes)
+        torch.testing.assert_close(coarse[:, 0], readouts[:, 0].mean(2))
+        torch.testing.assert_close(coarse[:, 1], readouts[:, 1, :, 1])  # one-hot A2: A2's channel, per structure
+        torch.testing.assert_close(coarse[:, 2], 0.2 * readouts[:, 2, :, 0] + 0.8 * readouts[:, 2, :, 2])
+        out = net(image)
+        assert out.shape == (2, 8, 16, 16)
+        torch.testing.assert_close(torch.jit.script(net)(image), out)
+    net.train().training_objective(image, _batch(structures=2)[1])["loss"].backward()
+    with pytest.raises(ValueError, match="expertise_head"):
+        MRNet(net.backbone, _net(num_structures=2).expertise_head, net.reconstruction_head, net.refinement_head, 3, 2)
+
+
 def test_outputs_are_the_refined_prediction_for_equal_one_hot_and_random_vectors():
     net = _net(num_structures=2, num_samples=4).eval()
     image, _ = _batch()

@@ -73,6 +73,7 @@ __all__ = [
     "RaterReconstructionHead",
     "UncertaintyRefinementHead",
     "expertise_fused_label",
+    "mix_rater_readouts",
     "random_expertise",
 ]
 
@@ -121,6 +122,17 @@ def expertise_fused_label(
     return target, valid
 
 
+def mix_rater_readouts(logits: torch.Tensor, codes: torch.Tensor, num_structures: int) -> torch.Tensor:
+    """``(B, N, K * R, *sp)`` per-rater readouts (structure-major) and ``(B, N, R)`` expertise vectors ->
+    ``(B, N, K, *sp)``: ``sum_r w_r logits_kr``. A one-hot vector reads its rater's own output layer; a mixture
+    mixes the output layers with its weights."""
+    b, n, num_raters = codes.shape[0], codes.shape[1], codes.shape[2]
+    spatial = list(logits.shape[3:])
+    stack = logits.reshape([b, n, num_structures, num_raters] + spatial)
+    weights = codes.to(logits.dtype).reshape([b, n, 1, num_raters] + [1] * len(spatial))
+    return (stack * weights).sum(3)
+
+
 def _per_code(h: torch.Tensor, spatial_dims: int) -> torch.Tensor:
     """``(B, N, hidden)`` (a linear map of the codes) -> ``(B, N, hidden, 1, ..., 1)``, broadcast over the image."""
     shape = list(h.shape) + [1] * spatial_dims
@@ -161,19 +173,22 @@ class UncertaintyRefinementHead(nn.Module):
 
     The features' 1x1 projection is weighted by ``1 + mean_k(u)`` (soft attention on the pixels the raters
     disagree on) and added to the projections of ``[sigmoid(coarse), u]`` and of the code; a 3x3 and a 1x1
-    convolution give the residual.
+    convolution give the residual. With ``rater_readout`` the last convolution gives one residual per rater
+    (K * R channels), mixed by the expertise vector (:func:`mix_rater_readouts`).
     """
 
     def __init__(self, feature_channels: int, num_raters: int, num_structures: int = 1, hidden: int = 16,
-                 spatial_dims: int = 2) -> None:
+                 spatial_dims: int = 2, rater_readout: bool = False) -> None:
         super().__init__()
         conv = Conv[Conv.CONV, spatial_dims]
         self.spatial_dims = int(spatial_dims)
+        self.num_structures = int(num_structures)
+        self.rater_readout = bool(rater_readout)
         self.from_features = conv(feature_channels, hidden, kernel_size=1, bias=False)
         self.from_maps = conv(2 * num_structures, hidden, kernel_size=1, bias=False)
         self.from_code = nn.Linear(num_raters, hidden)
         self.mix = conv(hidden, hidden, kernel_size=3, padding=1)
-        self.out = conv(hidden, num_structures, kernel_size=1)
+        self.out = conv(hidden, num_structures * (num_raters if rater_readout else 1), kernel_size=1)
 
     def forward(self, features: torch.Tensor, coarse: torch.Tensor, uncertainty: torch.Tensor,
                 codes: torch.Tensor) -> torch.Tensor:
@@ -183,7 +198,10 @@ class UncertaintyRefinementHead(nn.Module):
         maps = self.from_maps(torch.cat([torch.sigmoid(coarse), uncertainty], dim=2).flatten(0, 1))
         h = h + maps.reshape([b, n] + list(maps.shape[1:])) + _per_code(self.from_code(codes), self.spatial_dims)
         residual = self.out(torch.relu(self.mix(torch.relu(h).flatten(0, 1))))
-        return coarse + residual.reshape([b, n] + list(residual.shape[1:]))
+        residual = residual.reshape([b, n] + list(residual.shape[1:]))
+        if self.rater_readout:
+            residual = mix_rater_readouts(residual, codes, self.num_structures)
+        return coarse + residual
 
 
 def _fixed_expertise(rows: int, num_raters: int, concentration: float, seed: int | None) -> torch.Tensor:
@@ -232,10 +250,14 @@ class MRNet(MultiRaterMethod):
         random_codes: int = 1,
     ) -> None:
         super().__init__(num_raters, num_structures)
-        if expertise_head.latent_dim != num_raters or expertise_head.out_channels != num_structures:
+        # with a rater readout the expertise head gives one output per (structure, rater), mixed by the vector
+        self.rater_readout = bool(getattr(refinement_head, "rater_readout", False))
+        head_outputs = num_structures * (num_raters if self.rater_readout else 1)
+        if expertise_head.latent_dim != num_raters or expertise_head.out_channels != head_outputs:
             raise ValueError(
-                f"expertise_head must take R={num_raters}-long expertise vectors and give K={num_structures} "
-                f"outputs, got latent_dim={expertise_head.latent_dim}, out_channels={expertise_head.out_channels}."
+                f"expertise_head must take R={num_raters}-long expertise vectors and give {head_outputs} outputs "
+                f"(K={num_structures}{' x R' if self.rater_readout else ''}), got latent_dim="
+                f"{expertise_head.latent_dim}, out_channels={expertise_head.out_channels}."
             )
         if fused_loss not in FUSED_LOSSES:
             raise ValueError(f"fused_loss must be one of {FUSED_LOSSES}, got {fused_loss!r}.")
@@ -274,6 +296,7 @@ class MRNet(MultiRaterMethod):
         backbone: BackboneConfig | None = None,
         head_hidden: int = 16,
         head_convs: int = 3,
+        rater_readout: bool = False,
         **kwargs: Any,
     ) -> MRNet:
         """The whole network from plain arguments; ``kwargs`` go to the constructor (``concentration``,
@@ -281,9 +304,10 @@ class MRNet(MultiRaterMethod):
         config = backbone or BackboneConfig()
         backbone_net = config.build()  # built first: the initialisation depends on the order
         features, dims = config.feature_channels, config.spatial_dims
-        expertise = LatentCombiningHead(features, num_raters, num_structures, head_hidden, head_convs)
+        outputs = num_structures * (num_raters if rater_readout else 1)
+        expertise = LatentCombiningHead(features, num_raters, outputs, head_hidden, head_convs)
         reconstruction = RaterReconstructionHead(features, num_raters, num_structures, head_hidden, dims)
-        refinement = UncertaintyRefinementHead(features, num_raters, num_structures, head_hidden, dims)
+        refinement = UncertaintyRefinementHead(features, num_raters, num_structures, head_hidden, dims, rater_readout)
         return cls(backbone_net, expertise, reconstruction, refinement, num_raters, num_structures, **kwargs)
 
     # ------------------------------------------------------------------ settings
@@ -317,7 +341,11 @@ class MRNet(MultiRaterMethod):
         """For expertise vectors ``codes`` ``(B, N, R)``: refined logits ``(B, N, K, *sp)``, coarse logits
         ``(B, N, K, *sp)`` and reconstruction logits ``(B, N, K * R, *sp)``."""
         coarse = self.expertise_head(features, codes)
-        if self.num_structures == 1:
+        if self.rater_readout:
+            if coarse.dim() == codes.dim() + features.dim() - 3:  # one output channel squeezed (K = R = 1)
+                coarse = coarse.unsqueeze(2)
+            coarse = mix_rater_readouts(coarse, codes, self.num_structures)
+        elif self.num_structures == 1:
             coarse = coarse.unsqueeze(2)
         reconstruction = self.reconstruction_head(features, torch.sigmoid(coarse), codes)
         b, n = coarse.shape[0], coarse.shape[1]
