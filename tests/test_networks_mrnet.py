@@ -183,7 +183,7 @@ def test_hard_dice_loss_puts_the_dice_only_on_hard_fused_labels():
 def test_rater_readout_gives_each_one_hot_vector_its_own_output_layer():
     """rater_readout: the expertise and refinement heads end in one output channel per (structure, rater),
     mixed by the vector; a one-hot vector reads its rater's channel, the equal vector their mean, by hand."""
-    net = _net(num_structures=2, rater_readout=True).eval()
+    net = _net(num_structures=2, rater_readout=True, readout_space="probability").eval()
     assert net.expertise_head.out_channels == 6 and net.refinement_head.out.out_channels == 6
     image, _ = _batch()
     codes = torch.tensor([[1 / 3, 1 / 3, 1 / 3], [0.0, 1.0, 0.0], [0.2, 0.0, 0.8]]).expand(2, 3, 3)
@@ -191,12 +191,27 @@ def test_rater_readout_gives_each_one_hot_vector_its_own_output_layer():
         features = net.backbone(image)
         readouts = net.expertise_head(features, codes).reshape(2, 3, 2, 3, 16, 16)  # (B, N, K, R, *sp)
         _, coarse, _ = net.predict(features, codes)
-        torch.testing.assert_close(coarse[:, 0], readouts[:, 0].mean(2))
+        # probability space (default): the fused probability is the weighted mean of the raters' probabilities
+        p = torch.sigmoid(readouts)
+        torch.testing.assert_close(torch.sigmoid(coarse[:, 0]), p[:, 0].mean(2))
         torch.testing.assert_close(coarse[:, 1], readouts[:, 1, :, 1])  # one-hot A2: A2's channel, per structure
-        torch.testing.assert_close(coarse[:, 2], 0.2 * readouts[:, 2, :, 0] + 0.8 * readouts[:, 2, :, 2])
+        torch.testing.assert_close(torch.sigmoid(coarse[:, 2]), 0.2 * p[:, 2, :, 0] + 0.8 * p[:, 2, :, 2])
+        # refined: each rater's readout plus its own residual, fused the same way
+        refined, coarse, reconstruction = net.predict(features, codes)
+        raters = torch.sigmoid(reconstruction).reshape(2, 3, 2, 3, 16, 16)
+        u = 4.0 * raters.var(dim=3, unbiased=False)
+        residual = net.refinement_head.residual(features, coarse, u, codes).reshape(2, 3, 2, 3, 16, 16)
+        q = torch.sigmoid(readouts + residual)
+        torch.testing.assert_close(torch.sigmoid(refined[:, 0]), q[:, 0].mean(2))
+        torch.testing.assert_close(refined[:, 1], (readouts + residual)[:, 1, :, 1])
         out = net(image)
         assert out.shape == (2, 8, 16, 16)
         torch.testing.assert_close(torch.jit.script(net)(image), out)
+        # logit space: the weighted mean of the logits
+        net.readout_space = "logit"
+        _, coarse, _ = net.predict(features, codes)
+        torch.testing.assert_close(coarse[:, 0], readouts[:, 0].mean(2))
+        torch.testing.assert_close(coarse[:, 2], 0.2 * readouts[:, 2, :, 0] + 0.8 * readouts[:, 2, :, 2])
     net.train().training_objective(image, _batch(structures=2)[1])["loss"].backward()
     with pytest.raises(ValueError, match="expertise_head"):
         MRNet(net.backbone, _net(num_structures=2).expertise_head, net.reconstruction_head, net.refinement_head, 3, 2)
@@ -263,6 +278,8 @@ def test_clear_errors_on_bad_batches_and_settings():
         _net(fused_loss="dice")
     with pytest.raises(ValueError, match="random_codes"):
         _net(random_codes=-1)
+    with pytest.raises(ValueError, match="readout_space"):
+        _net(readout_space="odds")
     with pytest.raises(ValueError, match="output_mode"):
         net.set_output_mode("prior")
 

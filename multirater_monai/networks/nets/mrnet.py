@@ -74,11 +74,13 @@ __all__ = [
     "UncertaintyRefinementHead",
     "expertise_fused_label",
     "mix_rater_readouts",
+    "READOUT_SPACES",
     "random_expertise",
 ]
 
 MRNET_OUTPUT_MODES = ("calibrated+personalized", "calibrated", "personalized", "samples", "all")
 FUSED_LOSSES = ("bce", "dice+bce", "hard_dice+bce")
+READOUT_SPACES = ("probability", "logit")
 
 
 def random_expertise(
@@ -122,15 +124,26 @@ def expertise_fused_label(
     return target, valid
 
 
-def mix_rater_readouts(logits: torch.Tensor, codes: torch.Tensor, num_structures: int) -> torch.Tensor:
-    """``(B, N, K * R, *sp)`` per-rater readouts (structure-major) and ``(B, N, R)`` expertise vectors ->
-    ``(B, N, K, *sp)``: ``sum_r w_r logits_kr``. A one-hot vector reads its rater's own output layer; a mixture
-    mixes the output layers with its weights."""
+def mix_rater_readouts(logits: torch.Tensor, codes: torch.Tensor, num_structures: int,
+                       space: str = "probability") -> torch.Tensor:
+    """``(B, N, K * R, *sp)`` per-rater readouts (logits, structure-major) and ``(B, N, R)`` expertise vectors ->
+    ``(B, N, K, *sp)`` logits of their expertise-weighted fusion.
+
+    ``space="probability"``: ``logit(sum_r w_r sigmoid(logits_kr))``, the prediction fused as the target
+    ``y_w = sum_r w_r y_r`` is (the equal vector gives the mean of the per-rater probabilities), computed
+    as ``logsumexp_r(log w_r + log sigmoid(l)) - logsumexp_r(log w_r + log sigmoid(-l))`` (exact, stable, and
+    a zero weight drops its rater). ``space="logit"``: ``sum_r w_r logits_kr``. A one-hot vector reads its
+    rater's own output in both."""
     b, n, num_raters = codes.shape[0], codes.shape[1], codes.shape[2]
     spatial = list(logits.shape[3:])
     stack = logits.reshape([b, n, num_structures, num_raters] + spatial)
     weights = codes.to(logits.dtype).reshape([b, n, 1, num_raters] + [1] * len(spatial))
-    return (stack * weights).sum(3)
+    if space == "logit":
+        return (stack * weights).sum(3)
+    log_w = torch.log(weights)
+    positive = torch.logsumexp(log_w + nn.functional.logsigmoid(stack), dim=3)
+    negative = torch.logsumexp(log_w + nn.functional.logsigmoid(-stack), dim=3)
+    return positive - negative
 
 
 def _per_code(h: torch.Tensor, spatial_dims: int) -> torch.Tensor:
@@ -192,16 +205,23 @@ class UncertaintyRefinementHead(nn.Module):
 
     def forward(self, features: torch.Tensor, coarse: torch.Tensor, uncertainty: torch.Tensor,
                 codes: torch.Tensor) -> torch.Tensor:
+        """The refined logits ``coarse + residual`` (with ``rater_readout``: the residuals mixed in logit space;
+        :class:`MRNet` adds them to the per-rater readouts instead, see :meth:`residual`)."""
+        residual = self.residual(features, coarse, uncertainty, codes)
+        if self.rater_readout:
+            residual = mix_rater_readouts(residual, codes, self.num_structures, "logit")
+        return coarse + residual
+
+    def residual(self, features: torch.Tensor, coarse: torch.Tensor, uncertainty: torch.Tensor,
+                 codes: torch.Tensor) -> torch.Tensor:
+        """``(B, N, K, *sp)``, or ``(B, N, K * R, *sp)`` per-rater residuals with ``rater_readout``."""
         b, n = coarse.shape[0], coarse.shape[1]
         attention = 1.0 + uncertainty.mean(dim=2, keepdim=True)  # (B, N, 1, *sp)
         h = self.from_features(features).unsqueeze(1) * attention
         maps = self.from_maps(torch.cat([torch.sigmoid(coarse), uncertainty], dim=2).flatten(0, 1))
         h = h + maps.reshape([b, n] + list(maps.shape[1:])) + _per_code(self.from_code(codes), self.spatial_dims)
         residual = self.out(torch.relu(self.mix(torch.relu(h).flatten(0, 1))))
-        residual = residual.reshape([b, n] + list(residual.shape[1:]))
-        if self.rater_readout:
-            residual = mix_rater_readouts(residual, codes, self.num_structures)
-        return coarse + residual
+        return residual.reshape([b, n] + list(residual.shape[1:]))
 
 
 def _fixed_expertise(rows: int, num_raters: int, concentration: float, seed: int | None) -> torch.Tensor:
@@ -248,6 +268,7 @@ class MRNet(MultiRaterMethod):
         sample_seed: int | None = 0,
         anchor_codes: bool = True,
         random_codes: int = 1,
+        readout_space: str = "logit",
     ) -> None:
         super().__init__(num_raters, num_structures)
         # with a rater readout the expertise head gives one output per (structure, rater), mixed by the vector
@@ -259,6 +280,8 @@ class MRNet(MultiRaterMethod):
                 f"(K={num_structures}{' x R' if self.rater_readout else ''}), got latent_dim="
                 f"{expertise_head.latent_dim}, out_channels={expertise_head.out_channels}."
             )
+        if readout_space not in READOUT_SPACES:
+            raise ValueError(f"readout_space must be one of {READOUT_SPACES}, got {readout_space!r}.")
         if fused_loss not in FUSED_LOSSES:
             raise ValueError(f"fused_loss must be one of {FUSED_LOSSES}, got {fused_loss!r}.")
         if float(concentration) <= 0:
@@ -276,6 +299,7 @@ class MRNet(MultiRaterMethod):
         self.coarse_weight = float(coarse_weight)
         self.reconstruction_weight = float(reconstruction_weight)
         self.fused_loss = fused_loss
+        self.readout_space = readout_space
         self.anchor_codes = bool(anchor_codes)
         self.random_codes = int(random_codes)
         r = self.num_raters
@@ -341,10 +365,11 @@ class MRNet(MultiRaterMethod):
         """For expertise vectors ``codes`` ``(B, N, R)``: refined logits ``(B, N, K, *sp)``, coarse logits
         ``(B, N, K, *sp)`` and reconstruction logits ``(B, N, K * R, *sp)``."""
         coarse = self.expertise_head(features, codes)
+        readouts = coarse
         if self.rater_readout:
             if coarse.dim() == codes.dim() + features.dim() - 3:  # one output channel squeezed (K = R = 1)
-                coarse = coarse.unsqueeze(2)
-            coarse = mix_rater_readouts(coarse, codes, self.num_structures)
+                readouts = coarse.unsqueeze(2)
+            coarse = mix_rater_readouts(readouts, codes, self.num_structures, self.readout_space)
         elif self.num_structures == 1:
             coarse = coarse.unsqueeze(2)
         reconstruction = self.reconstruction_head(features, torch.sigmoid(coarse), codes)
@@ -353,7 +378,12 @@ class MRNet(MultiRaterMethod):
                                                         + list(coarse.shape[3:]))
         # the guide, not a target: the refinement's loss must not bend the reconstruction
         uncertainty = (4.0 * raters.var(dim=3, unbiased=False)).detach()
-        refined = self.refinement_head(features, coarse, uncertainty, codes)
+        if self.rater_readout:
+            # each rater's readout gets its own residual; the refined readouts are fused as the coarse ones
+            residual = self.refinement_head.residual(features, coarse, uncertainty, codes)
+            refined = mix_rater_readouts(readouts + residual, codes, self.num_structures, self.readout_space)
+        else:
+            refined = self.refinement_head(features, coarse, uncertainty, codes)
         return refined, coarse, reconstruction
 
     def _output_codes(self) -> list[torch.Tensor]:
