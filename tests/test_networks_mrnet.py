@@ -78,7 +78,8 @@ def test_random_expertise_is_a_dirichlet_over_the_present_raters():
 
 
 def test_loss_terms_by_hand_and_absent_raters_do_not_count():
-    net = _net(num_structures=2).eval()  # eval: the same BatchNorm statistics in both passes
+    # the single-vector loss of bundle 0.2.0 (one shared output, Dice + BCE on every fused label)
+    net = _net(num_structures=2, rater_readout=False, fused_loss="dice+bce").eval()  # eval: same BatchNorm stats
     image, label = _batch(structures=2)
     mask = torch.tensor([[True, False, True], [True, True, True]])
     expertise = torch.tensor([[0.5, 0.3, 0.2], [0.2, 0.2, 0.6]])
@@ -132,7 +133,7 @@ def test_training_codes_anchor_the_equal_and_one_hot_vectors_inference_reads():
     assert _net(anchor_codes=False).training_codes(present).shape == (2, 1, 3)
     # the loss of N vectors per image: the Dice per (vector, structure) channel over the batch, the cross entropy
     # over the valid (sample, channel) pairs, by hand; sample 0's one-hot A2 target is undefined and not counted
-    net = _net(num_structures=2, random_codes=0).eval()
+    net = _net(num_structures=2, random_codes=0, fused_loss="dice+bce").eval()
     image, label = _batch(structures=2)
     mask = present
     loss_fn = PresentRaterDiceBCELoss()
@@ -214,7 +215,7 @@ def test_rater_readout_gives_each_one_hot_vector_its_own_output_layer():
         torch.testing.assert_close(coarse[:, 2], 0.2 * readouts[:, 2, :, 0] + 0.8 * readouts[:, 2, :, 2])
     net.train().training_objective(image, _batch(structures=2)[1])["loss"].backward()
     with pytest.raises(ValueError, match="expertise_head"):
-        MRNet(net.backbone, _net(num_structures=2).expertise_head, net.reconstruction_head, net.refinement_head, 3, 2)
+        MRNet(net.backbone, _net(num_structures=2, rater_readout=False).expertise_head, net.reconstruction_head, net.refinement_head, 3, 2)
 
 
 def test_outputs_are_the_refined_prediction_for_equal_one_hot_and_random_vectors():

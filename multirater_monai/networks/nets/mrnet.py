@@ -13,7 +13,12 @@ each is built here is ours (bundles/mrnet/docs/README.md lists what we chose whe
   expertise vector ``w`` (R non-negative weights summing to 1, one per rater) is tiled over the image and
   decoded with ``F`` by a 1x1-convolution head (:class:`LatentCombiningHead`, ``w`` as its code) into a
   first ("coarse") prediction of the expertise-weighted fusion of the raters' masks,
-  ``y_w = sum_r w_r y_r``: the explicit expertness code and the modified training label.
+  ``y_w = sum_r w_r y_r``: the explicit expertness code and the modified training label. With
+  ``rater_readout`` (the default) the head ends in one output per (structure, rater), a "readout", and the
+  prediction for ``w`` is their fusion as the target's: ``logit(sum_r w_r sigmoid(readout_r))``
+  (``readout_space="probability"``; ``"logit"``: ``sum_r w_r readout_r``), the vector entering both the
+  hidden layer and the output layer. Without it (bundle 0.2.0) the vector only shifted the hidden layer of one
+  shared output, and the per-rater outputs fell far below a one-head-per-rater U-Net's (issue 13).
 * **Multi-rater reconstruction**: from ``F``, the coarse probability and ``w``, a small head
   (:class:`RaterReconstructionHead`) predicts every rater's mask (K * R logits), trained against the raters'
   own masks: the fused prediction must keep what distinguishes the raters.
@@ -22,18 +27,24 @@ each is built here is ours (bundles/mrnet/docs/README.md lists what we chose whe
   as a soft attention (``F * (1 + u)``) and enters, with the coarse probability and ``w``, a second head
   (:class:`UncertaintyRefinementHead`) whose residual corrects the coarse logits: the final prediction.
 
-Training (:meth:`MRNet.training_objective`; terms ``loss, refined, coarse, reconstruction``): per sample a
-random expertise vector ``w ~ Dirichlet(concentration)`` over the PRESENT raters (an absent rater has
-weight 0 and the others are renormalised, i.e. a Dirichlet over the present raters), the soft target
-``y_w`` per structure, and::
+Training (:meth:`MRNet.training_objective`; terms ``loss, refined, coarse, reconstruction``): per image the
+vectors of :meth:`MRNet.training_codes`, with ``anchor_codes`` (default) the equal-weight vector and each
+rater's one-hot vector (the ones inference reads), plus ``random_codes`` random expertise vectors
+``w ~ Dirichlet(concentration)`` over the PRESENT raters (an absent rater has weight 0 and the others are
+renormalised, i.e. a Dirichlet over the present raters); every vector's soft target ``y_w`` per structure (the
+equal vector's: the mean of the present raters; an absent rater's one-hot target is undefined and not
+counted), all vectors through one backbone pass, and::
 
     loss = refined + coarse_weight * coarse + reconstruction_weight * reconstruction
 
-each term batch Dice + binary cross entropy (:class:`PresentRaterDiceBCELoss`): the refined and the coarse
-prediction against ``y_w``, the reconstruction against each present rater's mask. ``fused_loss="bce"`` drops
-the Dice from the two terms on the soft label ``y_w``: the cross entropy alone is least where the probability
-equals the soft label (calibrated by construction), but the per-rater masks come out less sharp (on
-lidc-phantom: 'Mean Voting' +0.014, 'Average' -0.057; bundles/mrnet/docs/comparison.md).
+the refined and the coarse prediction against ``y_w`` by ``fused_loss``, the reconstruction against each
+present rater's mask with batch Dice + binary cross entropy (:class:`PresentRaterDiceBCELoss`); each term the
+mean over the (vector, structure) channels. ``fused_loss``: ``"hard_dice+bce"`` (default) the cross entropy on
+every fused label and the Dice only on the hard ones (a one-hot vector's, or where the raters agree): the
+Dice of a soft label is best for a map sharper than the label, which the 'Mean Voting' soft Dice penalises,
+while the cross entropy is least where the probability equals the label; ``"dice+bce"`` both everywhere
+(bundle 0.2.0); ``"bce"`` the cross entropy alone (on lidc-phantom in 0.2.0: 'Mean Voting' +0.014, 'Average'
+-0.057). bundles/mrnet/docs/comparison.md has the synthetic2 runs behind each choice.
 
 Inference ``forward(image)`` gives the final (refined) logits for a set of expertise vectors, one backbone
 pass, by ``output_mode``:
@@ -245,6 +256,10 @@ class MRNet(MultiRaterMethod):
         num_samples: S, random expertise vectors of the ``samples`` group.
         coarse_weight, reconstruction_weight: weights of the coarse and reconstruction loss terms.
         fused_loss: loss of the predictions against the fused soft label, one of :data:`FUSED_LOSSES`.
+        anchor_codes: also train, for every image, the equal-weight and each rater's one-hot vector.
+        random_codes: random (Dirichlet) vectors per image and training step.
+        readout_space: how per-rater readouts are fused by a vector (with a ``rater_readout`` refinement
+            head), one of :data:`READOUT_SPACES`.
         output_mode: one of :data:`MRNET_OUTPUT_MODES`.
         sample_seed: seed of the sample vectors (None: fresh draws at every call).
     """
@@ -263,12 +278,12 @@ class MRNet(MultiRaterMethod):
         num_samples: int = 16,
         coarse_weight: float = 1.0,
         reconstruction_weight: float = 1.0,
-        fused_loss: str = "dice+bce",
+        fused_loss: str = "hard_dice+bce",
         output_mode: str = "calibrated+personalized",
         sample_seed: int | None = 0,
         anchor_codes: bool = True,
         random_codes: int = 1,
-        readout_space: str = "logit",
+        readout_space: str = "probability",
     ) -> None:
         super().__init__(num_raters, num_structures)
         # with a rater readout the expertise head gives one output per (structure, rater), mixed by the vector
@@ -320,11 +335,13 @@ class MRNet(MultiRaterMethod):
         backbone: BackboneConfig | None = None,
         head_hidden: int = 16,
         head_convs: int = 3,
-        rater_readout: bool = False,
+        rater_readout: bool = True,
         **kwargs: Any,
     ) -> MRNet:
-        """The whole network from plain arguments; ``kwargs`` go to the constructor (``concentration``,
-        ``num_samples``, loss weights, ``output_mode``, ``sample_seed``)."""
+        """The whole network from plain arguments; ``rater_readout``: the expertise and refinement heads end in
+        one output per (structure, rater), fused by the vector (False: one shared output, bundle 0.2.0);
+        ``kwargs`` go to the constructor (``concentration``, ``num_samples``, loss weights, ``output_mode``,
+        ``sample_seed``, ``anchor_codes``, ``random_codes``, ``readout_space``)."""
         config = backbone or BackboneConfig()
         backbone_net = config.build()  # built first: the initialisation depends on the order
         features, dims = config.feature_channels, config.spatial_dims
