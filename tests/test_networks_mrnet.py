@@ -215,7 +215,8 @@ def test_rater_readout_gives_each_one_hot_vector_its_own_output_layer():
         torch.testing.assert_close(coarse[:, 2], 0.2 * readouts[:, 2, :, 0] + 0.8 * readouts[:, 2, :, 2])
     net.train().training_objective(image, _batch(structures=2)[1])["loss"].backward()
     with pytest.raises(ValueError, match="expertise_head"):
-        MRNet(net.backbone, _net(num_structures=2, rater_readout=False).expertise_head, net.reconstruction_head, net.refinement_head, 3, 2)
+        shared_output = _net(num_structures=2, rater_readout=False).expertise_head  # K outputs, not K x R
+        MRNet(net.backbone, shared_output, net.reconstruction_head, net.refinement_head, 3, 2)
 
 
 def test_outputs_are_the_refined_prediction_for_equal_one_hot_and_random_vectors():
