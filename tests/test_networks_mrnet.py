@@ -78,7 +78,8 @@ def test_random_expertise_is_a_dirichlet_over_the_present_raters():
 
 
 def test_loss_terms_by_hand_and_absent_raters_do_not_count():
-    net = _net(num_structures=2).eval()  # eval: the same BatchNorm statistics in both passes
+    # the single-vector loss of bundle 0.2.0 (one shared output, Dice + BCE on every fused label)
+    net = _net(num_structures=2, rater_readout=False, fused_loss="dice+bce").eval()  # eval: same BatchNorm stats
     image, label = _batch(structures=2)
     mask = torch.tensor([[True, False, True], [True, True, True]])
     expertise = torch.tensor([[0.5, 0.3, 0.2], [0.2, 0.2, 0.6]])
@@ -115,6 +116,107 @@ def test_loss_terms_by_hand_and_absent_raters_do_not_count():
         assert bce_only["refined"].item() == pytest.approx(bce.item(), rel=1e-5)
         assert bce_only["coarse"].item() == pytest.approx(loss_fn(coarse[:, 0], target, valid)[1].item(), rel=1e-5)
         assert bce_only["reconstruction"].item() == terms["reconstruction"].item()
+
+
+def test_training_codes_anchor_the_equal_and_one_hot_vectors_inference_reads():
+    """Every training step also trains the vectors that are scored: the equal-weight vector (the calibrated
+    map, target the mean of the PRESENT raters) and each rater's one-hot vector (target that rater's mask);
+    before, only Dirichlet draws were trained, which almost never lie near either."""
+    net = _net(num_structures=2, random_codes=2).eval()
+    present = torch.tensor([[True, False, True], [True, True, True]])
+    torch.manual_seed(0)
+    codes = net.training_codes(present)
+    assert codes.shape == (2, 1 + 3 + 2, 3)
+    torch.testing.assert_close(codes[:, 0], torch.full((2, 3), 1 / 3))
+    torch.testing.assert_close(codes[:, 1:4], torch.eye(3).expand(2, 3, 3))
+    assert codes[0, 4:, 1].eq(0).all() and torch.allclose(codes[:, 4:].sum(2), torch.ones(2, 2))  # absent A2: 0
+    assert _net(anchor_codes=False).training_codes(present).shape == (2, 1, 3)
+    # the loss of N vectors per image: the Dice per (vector, structure) channel over the batch, the cross entropy
+    # over the valid (sample, channel) pairs, by hand; sample 0's one-hot A2 target is undefined and not counted
+    net = _net(num_structures=2, random_codes=0, fused_loss="dice+bce").eval()
+    image, label = _batch(structures=2)
+    mask = present
+    loss_fn = PresentRaterDiceBCELoss()
+    with torch.no_grad():
+        terms = net.training_objective(image, label, mask)
+        codes = net.fixed_codes.expand(2, 4, 3)
+        refined, coarse, reconstruction = net.predict(net.backbone(image), codes)
+        stack = label.reshape(2, 2, 3, 16, 16)
+        mean0 = (stack[0, :, 0] + stack[0, :, 2]) / 2  # the equal vector, A2 absent: the mean of A1 and A3
+        target = torch.zeros(2, 4, 2, 16, 16)
+        target[0, 0], target[1, 0] = mean0, stack[1].mean(1)
+        target[:, 1:] = stack.transpose(1, 2)  # one-hot r: rater r's masks (K of them)
+        valid = torch.ones(2, 4, 2, dtype=torch.bool)
+        valid[0, 2] = False
+        expected = sum(loss_fn(refined.flatten(1, 2), target.flatten(1, 2), valid.flatten(1)))
+        assert terms["refined"].item() == pytest.approx(expected.item(), rel=1e-5)
+        expected = sum(loss_fn(coarse.flatten(1, 2), target.flatten(1, 2), valid.flatten(1)))
+        assert terms["coarse"].item() == pytest.approx(expected.item(), rel=1e-5)
+        expected = sum(loss_fn(reconstruction.flatten(1, 2), label.repeat(1, 4, 1, 1), mask.repeat(1, 8)))
+        assert terms["reconstruction"].item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="random_codes"):
+        _net(anchor_codes=False, random_codes=0)
+
+
+def test_hard_dice_loss_puts_the_dice_only_on_hard_fused_labels():
+    """"hard_dice+bce": the cross entropy on every fused label, the Dice only on the (sample, channel) pairs
+    whose label is a hard mask: the one-hot vectors' (and, where the raters agree, any vector's)."""
+    net = _net(random_codes=0, fused_loss="hard_dice+bce").eval()
+    image, label = _batch()
+    label[1] = label[1, :1]  # sample 1: the three raters agree, so its equal-vector label is hard too
+    loss_fn = PresentRaterDiceBCELoss()
+    with torch.no_grad():
+        terms = net.training_objective(image, label)
+        refined = net.predict(net.backbone(image), net.fixed_codes.expand(2, 4, 3))[0][:, :, 0]  # (B, 4, *sp)
+        target = torch.cat([label.mean(1, keepdim=True), label], 1)
+        hard = torch.ones(2, 4, dtype=torch.bool)
+        hard[0, 0] = False  # sample 0's mean of three different masks is soft
+        dice = loss_fn(refined, target, hard)[0]
+        bce = loss_fn(refined, target, torch.ones(2, 4, dtype=torch.bool))[1]
+        assert terms["refined"].item() == pytest.approx((dice + bce).item(), rel=1e-5)
+        net.fused_loss = "dice+bce"
+        both = net.training_objective(image, label)["refined"]
+        assert both.item() == pytest.approx(sum(loss_fn(refined, target, torch.ones(2, 4, dtype=torch.bool))).item(),
+                                            rel=1e-5)
+        assert both.item() != terms["refined"].item()
+
+
+def test_rater_readout_gives_each_one_hot_vector_its_own_output_layer():
+    """rater_readout: the expertise and refinement heads end in one output channel per (structure, rater),
+    mixed by the vector; a one-hot vector reads its rater's channel, the equal vector their mean, by hand."""
+    net = _net(num_structures=2, rater_readout=True, readout_space="probability").eval()
+    assert net.expertise_head.out_channels == 6 and net.refinement_head.out.out_channels == 6
+    image, _ = _batch()
+    codes = torch.tensor([[1 / 3, 1 / 3, 1 / 3], [0.0, 1.0, 0.0], [0.2, 0.0, 0.8]]).expand(2, 3, 3)
+    with torch.no_grad():
+        features = net.backbone(image)
+        readouts = net.expertise_head(features, codes).reshape(2, 3, 2, 3, 16, 16)  # (B, N, K, R, *sp)
+        _, coarse, _ = net.predict(features, codes)
+        # probability space (default): the fused probability is the weighted mean of the raters' probabilities
+        p = torch.sigmoid(readouts)
+        torch.testing.assert_close(torch.sigmoid(coarse[:, 0]), p[:, 0].mean(2))
+        torch.testing.assert_close(coarse[:, 1], readouts[:, 1, :, 1])  # one-hot A2: A2's channel, per structure
+        torch.testing.assert_close(torch.sigmoid(coarse[:, 2]), 0.2 * p[:, 2, :, 0] + 0.8 * p[:, 2, :, 2])
+        # refined: each rater's readout plus its own residual, fused the same way
+        refined, coarse, reconstruction = net.predict(features, codes)
+        raters = torch.sigmoid(reconstruction).reshape(2, 3, 2, 3, 16, 16)
+        u = 4.0 * raters.var(dim=3, unbiased=False)
+        residual = net.refinement_head.residual(features, coarse, u, codes).reshape(2, 3, 2, 3, 16, 16)
+        q = torch.sigmoid(readouts + residual)
+        torch.testing.assert_close(torch.sigmoid(refined[:, 0]), q[:, 0].mean(2))
+        torch.testing.assert_close(refined[:, 1], (readouts + residual)[:, 1, :, 1])
+        out = net(image)
+        assert out.shape == (2, 8, 16, 16)
+        torch.testing.assert_close(torch.jit.script(net)(image), out)
+        # logit space: the weighted mean of the logits
+        net.readout_space = "logit"
+        _, coarse, _ = net.predict(features, codes)
+        torch.testing.assert_close(coarse[:, 0], readouts[:, 0].mean(2))
+        torch.testing.assert_close(coarse[:, 2], 0.2 * readouts[:, 2, :, 0] + 0.8 * readouts[:, 2, :, 2])
+    net.train().training_objective(image, _batch(structures=2)[1])["loss"].backward()
+    with pytest.raises(ValueError, match="expertise_head"):
+        shared_output = _net(num_structures=2, rater_readout=False).expertise_head  # K outputs, not K x R
+        MRNet(net.backbone, shared_output, net.reconstruction_head, net.refinement_head, 3, 2)
 
 
 def test_outputs_are_the_refined_prediction_for_equal_one_hot_and_random_vectors():
@@ -176,6 +278,10 @@ def test_clear_errors_on_bad_batches_and_settings():
         _net(concentration=0.0)
     with pytest.raises(ValueError, match="fused_loss"):
         _net(fused_loss="dice")
+    with pytest.raises(ValueError, match="random_codes"):
+        _net(random_codes=-1)
+    with pytest.raises(ValueError, match="readout_space"):
+        _net(readout_space="odds")
     with pytest.raises(ValueError, match="output_mode"):
         net.set_output_mode("prior")
 
@@ -185,10 +291,11 @@ def test_learns_each_raters_style_and_a_calibrated_map_between_the_raters():
     """Synthetic raters (conservative A1, smooth A2, liberal A3, noisy A4) at 32x32, 150 steps for MR-Net and
     for the majority-vote U-Net (rater-blind); about 15 s on one core.
 
-    Measured (seed 0, test split of 32): MR-Net one-hot outputs, Dice with their rater [0.82, 0.89, 0.91, 0.78],
-    mean off-diagonal 0.65; majority-vote U-Net [0.66, 0.89, 0.67, 0.77]; areas (fraction of pixels) of the
-    outputs A1..A4 [0.035, 0.074, 0.132, 0.092], of the calibrated map 0.087, of the raters' masks
-    [0.037, 0.075, 0.141, 0.083]. (With fused_loss "bce": [0.73, 0.89, 0.83, 0.78], still above the U-Net.)
+    Measured (seed 0, test split of 32; bundle 0.3.0 defaults, 2026-12-03): MR-Net one-hot outputs, Dice with
+    their rater [0.81, 0.89, 0.91, 0.79]; majority-vote U-Net [0.66, 0.89, 0.67, ...]; areas (fraction of
+    pixels) of the outputs A1..A4 [0.038, 0.078, 0.145, 0.089], of the calibrated map 0.080, of the raters'
+    masks [0.037, 0.074, 0.141, 0.083]. (0.2.0: [0.82, 0.89, 0.91, 0.78], calibrated area 0.087; with its
+    fused_loss "bce": [0.73, 0.89, 0.83, 0.78], still above the U-Net.)
     """
     torch.manual_seed(0)
     train, test = synthetic_tensors(64, 0, 32), synthetic_tensors(32, 1, 32)
