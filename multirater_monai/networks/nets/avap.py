@@ -68,7 +68,8 @@ class AVAP(MultiRaterMethod):
         agreement_branches: one :class:`AgreementBranch` per structure (K of them).
         preference_head: :class:`DynamicFilterHead` with ``code_length = R`` and ``out_channels = K``.
         num_raters: R.
-        calibration: ``"argmax"`` (the paper: predicted class / R) or ``"expectation"``; used by
+        calibration: ``"argmax"`` (predicted class / R), ``"expectation"`` or ``"median"`` (median class / R,
+            see :func:`agreement_probability`); used by
             :meth:`calibrated_map` and recorded for the post-processing.
         missing_raters: agreement-label rule for samples with missing raters (``"rescale"`` or ``"error"``).
         stage2_raters: ``"random"`` (one present rater per sample, the paper) or ``"all"``.
