@@ -73,8 +73,10 @@ def report(root: Path, net, loader) -> None:
             params = head.generate_filters(features, codes)  # (B, R, generated)
             if head.use_features:
                 g = features.flatten(2).mean(2)
-                if head.feature_norm == "layer":
+                if head.feature_norm != "none":
                     g = torch.nn.functional.layer_norm(g, [c])
+                if head.feature_norm == "unit":
+                    g = g / c**0.5
                 pooled_size.append(g.abs().mean(1))
                 feature_part.append((g @ weight[:, :c].T).norm(dim=1))
             if head.use_code:
@@ -84,8 +86,12 @@ def report(root: Path, net, loader) -> None:
             prob = torch.sigmoid(net(image)).reshape(image.shape[0], num_structures, num_raters, *image.shape[2:])
             net.set_output_mode("all")
             raters = label.reshape(prob.shape)
+            present = batch.get("rater_mask")
+            if present is not None:  # (B, R) or (B, R * K): missing readers are left out of d_aa, as in evaluate.json
+                present = present.bool().reshape(image.shape[0], -1, num_raters).expand(-1, num_structures, -1)
             for k in range(num_structures):
-                metrics = compute_set_metrics(prob[:, k], raters[:, k])
+                mask_k = None if present is None else present[:, k]
+                metrics = compute_set_metrics(prob[:, k], raters[:, k], mask_k)
                 spread[k].append(torch.stack([metrics["d_pp"], metrics["d_aa"]], 1))
 
     def mean(values):

@@ -28,6 +28,9 @@ affine) before the concatenation with the code. Eq. 5 is silent on it; it is a r
 with Adam every controller column moves its kernel entries by about the same step, so a pooled
 vector of large entries moves the (rater-independent) feature part of the kernels many times faster
 than the one-hot code part, and the rater code barely trains. Normalised, both inputs are O(1).
+``"unit"`` also divides the normalised vector by sqrt(C): zero mean and unit L2 norm, the norm of the
+one-hot code, so that with Adam the sum over the feature columns, sum_j |g_j| (about 0.8 sqrt(C)),
+no longer outweighs the one code column by about 0.8 C as it does after ``"layer"``.
 ``"none"`` feeds ``GAP(F)`` as it is (the literal eq. 5).
 """
 
@@ -41,7 +44,7 @@ from torch import nn
 
 __all__ = ["DynamicFilterHead", "FEATURE_NORMS"]
 
-FEATURE_NORMS = ("none", "layer")
+FEATURE_NORMS = ("none", "layer", "unit")
 
 
 class DynamicFilterHead(nn.Module):
@@ -58,8 +61,9 @@ class DynamicFilterHead(nn.Module):
         use_code: feed the code to the controller (Table IV "task coding"); without it every code
             gives the same output.
         norm: BatchNorm after the ReLU of the first two dynamic layers (eq. 6).
-        feature_norm: ``"none"`` (eq. 5 as written) or ``"layer"`` (LayerNorm without affine on
-            ``GAP(F)`` before the controller; see the module docstring).
+        feature_norm: ``"none"`` (eq. 5 as written), ``"layer"`` (LayerNorm without affine on
+            ``GAP(F)`` before the controller) or ``"unit"`` (the same, divided by sqrt(C): unit L2
+            norm, like the one-hot code); see the module docstring.
 
     ``forward(features (B, C, *sp), codes (B, N, L)) -> (B, N, out_channels, *sp)`` logits.
     """
@@ -116,8 +120,10 @@ class DynamicFilterHead(nn.Module):
         inputs: list[torch.Tensor] = []
         if self.use_features:
             pooled = features.flatten(2).mean(dim=2)  # GAP(F): (B, C)
-            if self.feature_norm == "layer":
+            if self.feature_norm != "none":
                 pooled = F.layer_norm(pooled, [self.in_channels])
+            if self.feature_norm == "unit":
+                pooled = pooled / math.sqrt(self.in_channels)
             inputs.append(pooled[:, None, :].expand(batch, n_codes, self.in_channels))
         if self.use_code:
             inputs.append(codes.to(features.dtype))
