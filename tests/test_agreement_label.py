@@ -82,3 +82,22 @@ def test_calibrated_map_from_logits():
     assert out["calibrated"].shape == (2, 1, 1)
     with pytest.raises(MultiRaterDataError, match="K x \\(R \\+ 1\\) = 1 x 3"):
         agreement_probability(logits, num_raters=2, num_structures=1)
+
+
+def test_median_calibration_known_answer():
+    # R = 4 raters (classes 0..4), two pixels with hand-made softmax probabilities (logits = log p):
+    # a: p = (.30, .05, .10, .15, .40): argmax class 4 -> 1.0; P(M>=1..4) = .70, .65, .55, .40, so the
+    #    median class is 3 -> 0.75; expectation (.05 + 2*.10 + 3*.15 + 4*.40) / 4 = 2.30 / 4 = 0.575
+    # b: p = (.45, .15, .15, .15, .10): argmax class 0 -> 0.0; P(M>=1..4) = .55, .40, .25, .10 -> median
+    #    class 1 -> 0.25; expectation (.15 + .30 + .45 + .40) / 4 = 0.325
+    p = torch.tensor([[0.30, 0.05, 0.10, 0.15, 0.40], [0.45, 0.15, 0.15, 0.15, 0.10]], dtype=torch.float64)
+    logits = p.log().T.reshape(1, 5, 1, 2)
+    assert agreement_probability(logits, num_raters=4).flatten().tolist() == [1.0, 0.0]
+    assert agreement_probability(logits, num_raters=4, calibration="median").flatten().tolist() == [0.75, 0.25]
+    assert agreement_probability(logits, num_raters=4, calibration="expectation").flatten().tolist() == pytest.approx(
+        [0.575, 0.325]
+    )
+    out = AgreementProbabilityd(keys="pred", num_raters=4, calibration="median")({"pred": logits[0]})
+    assert out["calibrated"].flatten().tolist() == [0.75, 0.25]
+    with pytest.raises(ValueError, match="calibration must be one of"):
+        agreement_probability(logits, num_raters=4, calibration="mode")

@@ -99,3 +99,26 @@ def test_torchscript_matches_eager():
     scripted = torch.jit.script(head)
     with torch.no_grad():
         assert torch.allclose(scripted(features, codes), head(features, codes), atol=1e-6)
+
+
+def test_layer_norm_of_the_pooled_features_known_answer():
+    # C = 2 feature channels, constant maps 1 and 3: GAP = (1, 3); LayerNorm without affine -> (-1, +1)
+    # (mean 2, variance 1). Every generated entry = 1 * f0 + 2 * f1 + 10 * code0 + 20 * code1 (no bias):
+    # normalised, rater 1 (code 1, 0) gets -1 + 2 + 10 = 11, rater 2 gets -1 + 2 + 20 = 21; as eq. 5 is
+    # written (no norm) 1 + 6 + 10 = 17 and 27; "unit" divides (-1, 1) by sqrt(2): -0.7071 + 1.4142 + 10 = 10.7071.
+    # Scaling F by 5 leaves the normalised kernels unchanged.
+    features = torch.stack([torch.full((4, 4), 1.0), torch.full((4, 4), 3.0)])[None]
+    codes = torch.eye(2)[None]
+    unit = [10.0 + 0.5**0.5, 20.0 + 0.5**0.5]
+    expected = {"layer": ([11.0, 21.0], [11.0, 21.0]), "none": ([17.0, 27.0], [45.0, 55.0]), "unit": (unit, unit)}
+    for norm, (plain, scaled) in expected.items():
+        head = DynamicFilterHead(in_channels=2, code_length=2, hidden_channels=2, feature_norm=norm)
+        with torch.no_grad():
+            head.controller.weight.copy_(torch.tensor([1.0, 2.0, 10.0, 20.0]).reshape(1, 4, 1, 1))
+            head.controller.bias.zero_()
+            for feats, want in ((features, plain), (5 * features, scaled)):
+                params = head.generate_filters(feats, codes)  # (1, 2, num_generated): every entry alike
+                assert params[0, :, 0].tolist() == pytest.approx(want, abs=1e-3)
+                assert torch.allclose(params, params[..., :1].expand_as(params))
+    with pytest.raises(ValueError, match="feature_norm must be one of"):
+        DynamicFilterHead(in_channels=2, code_length=2, feature_norm="batch")

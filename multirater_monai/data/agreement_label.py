@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 MISSING_RATER_RULES = ("rescale", "error")
-CALIBRATION_MODES = ("argmax", "expectation")
+CALIBRATION_MODES = ("argmax", "expectation", "median")
 
 
 def _structure_split(channels: int, num_structures: int) -> int:
@@ -127,8 +127,13 @@ def agreement_probability(
 ) -> torch.Tensor:
     """``(B, K * (R + 1), *sp)`` agreement-class logits -> ``(B, K, *sp)`` calibrated map in [0, 1].
 
-    ``calibration="argmax"``: the predicted class divided by R, as the paper reads its output.
+    ``calibration="argmax"``: the predicted class divided by R (one reading of the paper's "output
+    mask values" divided by M, Sec. III-C).
     ``calibration="expectation"``: ``sum_m m * softmax_m / R``, a smooth map with the same range.
+    ``calibration="median"``: the ordinal reading, the median class divided by R,
+    ``(1/R) * sum_{c=1..R} [P(M >= c) > 0.5]`` with ``P(M >= c) = sum_{m>=c} softmax_m``. Its level
+    set at any threshold t is ``{P(M > tR) > 0.5}``, nested in t; unlike the argmax it does not lose
+    the thin minority classes between "no rater" and "every rater" (the paper leaves the reading open).
     """
     if calibration not in CALIBRATION_MODES:
         raise ValueError(f"calibration must be one of {CALIBRATION_MODES}, got {calibration!r}.")
@@ -141,6 +146,11 @@ def agreement_probability(
     grouped = logits.reshape(logits.shape[0], num_structures, classes, *logits.shape[2:])
     if calibration == "argmax":
         return grouped.argmax(dim=2).to(logits.dtype) / num_raters
+    if calibration == "median":
+        prob = torch.softmax(grouped, dim=2)
+        # P(M >= c) for c = 1..R: reversed cumulative sum over the classes above 0
+        at_least = prob.flip(2).cumsum(dim=2).flip(2)[:, :, 1:]
+        return (at_least > 0.5).sum(dim=2).to(logits.dtype) / num_raters
     weights = torch.arange(classes, dtype=logits.dtype, device=logits.device)
     weights = weights.reshape(1, 1, classes, *([1] * (logits.ndim - 2)))
     return (torch.softmax(grouped, dim=2) * weights).sum(dim=2) / num_raters

@@ -21,6 +21,17 @@ spans exactly the kernels of eq. 5; the scale only sets the size of the kernels 
 and how fast Adam moves them. Measured without it (issue 18, the bundle's CPU reference run on
 lidc-phantom, one seed): 'Average' 0.839 -> 0.824, Dice_A4 (the liberal rater) 0.876 -> 0.832,
 d_pp of the per-rater outputs 0.205 -> 0.174; so it stays.
+
+``feature_norm="layer"`` normalises ``GAP(F)`` (zero mean, unit variance over the C pooled values, no
+affine) before the concatenation with the code. Eq. 5 is silent on it; it is a recorded choice
+(issue 18, audit finding 4): ``F_img`` is the backbone's raw last convolution, of arbitrary scale, and
+with Adam every controller column moves its kernel entries by about the same step, so a pooled
+vector of large entries moves the (rater-independent) feature part of the kernels many times faster
+than the one-hot code part, and the rater code barely trains. Normalised, both inputs are O(1).
+``"unit"`` also divides the normalised vector by sqrt(C): zero mean and unit L2 norm, the norm of the
+one-hot code, so that with Adam the sum over the feature columns, sum_j |g_j| (about 0.8 sqrt(C)),
+no longer outweighs the one code column by about 0.8 C as it does after ``"layer"``.
+``"none"`` feeds ``GAP(F)`` as it is (the literal eq. 5).
 """
 
 from __future__ import annotations
@@ -31,7 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DynamicFilterHead"]
+__all__ = ["DynamicFilterHead", "FEATURE_NORMS"]
+
+FEATURE_NORMS = ("none", "layer", "unit")
 
 
 class DynamicFilterHead(nn.Module):
@@ -48,6 +61,9 @@ class DynamicFilterHead(nn.Module):
         use_code: feed the code to the controller (Table IV "task coding"); without it every code
             gives the same output.
         norm: BatchNorm after the ReLU of the first two dynamic layers (eq. 6).
+        feature_norm: ``"none"`` (eq. 5 as written), ``"layer"`` (LayerNorm without affine on
+            ``GAP(F)`` before the controller) or ``"unit"`` (the same, divided by sqrt(C): unit L2
+            norm, like the one-hot code); see the module docstring.
 
     ``forward(features (B, C, *sp), codes (B, N, L)) -> (B, N, out_channels, *sp)`` logits.
     """
@@ -63,12 +79,15 @@ class DynamicFilterHead(nn.Module):
         use_features: bool = True,
         use_code: bool = True,
         norm: bool = True,
+        feature_norm: str = "none",
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
         if not (use_features or use_code):
             raise ValueError("the controller needs an input: set use_features or use_code (or both) to True.")
+        if feature_norm not in FEATURE_NORMS:
+            raise ValueError(f"feature_norm must be one of {FEATURE_NORMS}, got {feature_norm!r}.")
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd (same-size output), got {kernel_size}.")
         self.in_channels = int(in_channels)
@@ -78,6 +97,7 @@ class DynamicFilterHead(nn.Module):
         self.spatial_dims = int(spatial_dims)
         self.use_features = bool(use_features)
         self.use_code = bool(use_code)
+        self.feature_norm = str(feature_norm)
         # (out, in, kernel) of the three dynamic layers
         self.layer_shapes: list[tuple[int, int, int]] = [
             (self.hidden_channels, self.in_channels, int(kernel_size)),
@@ -100,6 +120,10 @@ class DynamicFilterHead(nn.Module):
         inputs: list[torch.Tensor] = []
         if self.use_features:
             pooled = features.flatten(2).mean(dim=2)  # GAP(F): (B, C)
+            if self.feature_norm != "none":
+                pooled = F.layer_norm(pooled, [self.in_channels])
+            if self.feature_norm == "unit":
+                pooled = pooled / math.sqrt(self.in_channels)
             inputs.append(pooled[:, None, :].expand(batch, n_codes, self.in_channels))
         if self.use_code:
             inputs.append(codes.to(features.dtype))

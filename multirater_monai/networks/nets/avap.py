@@ -68,7 +68,8 @@ class AVAP(MultiRaterMethod):
         agreement_branches: one :class:`AgreementBranch` per structure (K of them).
         preference_head: :class:`DynamicFilterHead` with ``code_length = R`` and ``out_channels = K``.
         num_raters: R.
-        calibration: ``"argmax"`` (the paper: predicted class / R) or ``"expectation"``; used by
+        calibration: ``"argmax"`` (predicted class / R), ``"expectation"`` or ``"median"`` (median class / R,
+            see :func:`agreement_probability`); used by
             :meth:`calibrated_map` and recorded for the post-processing.
         missing_raters: agreement-label rule for samples with missing raters (``"rescale"`` or ``"error"``).
         stage2_raters: ``"random"`` (one present rater per sample, the paper) or ``"all"``.
@@ -131,17 +132,20 @@ class AVAP(MultiRaterMethod):
         preference_hidden: int = 8,
         use_rater_code: bool = True,
         use_features: bool = True,
+        feature_norm: str = "none",
         **kwargs: Any,
     ) -> AVAP:
         """The whole network from plain arguments; ``kwargs`` go to the constructor (``calibration``,
         ``missing_raters``, ``stage2_raters``, ``stage``, ``output_mode``). ``use_rater_code`` /
-        ``use_features`` are the Table IV ablation of the controller's input."""
+        ``use_features`` are the Table IV ablation of the controller's input; ``feature_norm``
+        (``"none"`` / ``"layer"``) normalises ``GAP(F_img)`` before the controller (see
+        :class:`DynamicFilterHead`)."""
         config = backbone or BackboneConfig()
         backbone_net = config.build()  # built first: the initialisation depends on the order
         features, dims = config.feature_channels, config.spatial_dims
         branches = [AgreementBranch(features, num_raters, agreement_channels, dims) for _ in range(num_structures)]
         head = DynamicFilterHead(features, num_raters, preference_hidden, num_structures, dims,
-                                 use_features=use_features, use_code=use_rater_code)
+                                 use_features=use_features, use_code=use_rater_code, feature_norm=feature_norm)
         return cls(backbone_net, branches, head, num_raters=num_raters, **kwargs)
 
     # ------------------------------------------------------------------ output groups
