@@ -15,7 +15,7 @@ table (markdown printed, CSV and JSON saved). Two suites:
   ProSeg without tau / Z / both (ProSeg Table 2) and with
   one image encoder head per rater instead of one shared by the raters.
 * ``--suite avap`` (the AVAP paper's Tables II and IV): ``avap``, its controller ablations "code only"
-  and "features only", ``mh_unet``, ``padl``, ``mrnet``, and ``unet_fusion`` with majority vote and with each rater
+  and "features only", ``mh_unet``, ``padl``, ``tab``, ``mrnet``, and ``unet_fusion`` with majority vote and with each rater
   (M1..MR). Every method is scored by the same 'Mean Voting' / 'Average' table
   (``CalibratedPersonalizedSaver``; a U-Net's calibrated map is its probability, and it gives every
   rater the same mask). The per-rater row is assembled from the R single-rater runs: its 'Average' is
@@ -69,9 +69,11 @@ COLUMNS = {"dpersona": ["ged", "d_pa", "d_pp", "d_aa", "dice_soft", "dice_max", 
 AVAP_TABLE = ("[{'_target_': 'multirater_monai.metrics.CalibratedPersonalizedSaver', 'num_raters': '@num_raters', "
               "'structure_names': '@structure_names', 'rater_names': '@rater_names', 'print_table': False}]")
 
-# PADL's settings with a calibrated map and per-rater outputs (its sample settings have neither)
+# PADL's and TAB's settings with a calibrated map and per-rater outputs (their sample settings have neither)
 PADL_AVAP_SETTINGS = ("[{'name': 'PADL (personalized)', 'checkpoint': '@checkpoint', 'output_mode': 'personalized'}, "
                       "{'name': 'PADL (global mean)', 'checkpoint': '@checkpoint', 'output_mode': 'consensus'}]")
+TAB_AVAP_SETTINGS = ("[{'name': 'TAB (personalized)', 'checkpoint': '@checkpoint', 'output_mode': 'personalized'}, "
+                     "{'name': 'TAB (consensus mean)', 'checkpoint': '@checkpoint', 'output_mode': 'consensus'}]")
 
 
 def data_overrides(dataset: str, out: Path, qubiq_root: Path) -> tuple[list[str], int, int]:
@@ -99,6 +101,7 @@ def methods(suite: str, num_raters: int, per_rater: bool, ablation: bool) -> lis
                 ("AVAP features only", "avap", ["--network_def#use_rater_code", "False"]),
                 ("MH-UNet", "mh_unet", []),
                 ("PADL", "padl", ["--evaluation_settings", PADL_AVAP_SETTINGS]),
+                ("TAB", "tab", ["--evaluation_settings", TAB_AVAP_SETTINGS]),
                 ("MR-Net", "mrnet", []),
                 ("U-Net (majority vote)", "unet_fusion", ["--fusion", "majority"])]
         return runs + [(f"U-Net (A{k + 1})", "unet_fusion", ["--fusion", "rater", "--fusion_rater", str(k)])

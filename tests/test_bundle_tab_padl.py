@@ -5,7 +5,10 @@ mean is Dice_mean), the consensus (global) mean alone (one prediction given to e
 that one mask), and 10 and
 50 consensus samples (no rater identity, samples that differ: d_pp > 0); GED equals 2 d_pa - d_pp - d_aa.
 Inference writes R binary personalized masks, the calibrated (consensus) probability in [0, 1], S binary
-samples and the agreement map in [0, 1]. PADL's optimiser takes the weight decay of the config.
+samples and the agreement map in [0, 1]. PADL's optimiser takes the weight decay of the config. With two
+structures (``--num_structures 2``) evaluate.json gives the per-structure 'Mean Voting' / 'Average' table for
+the personalized and the consensus settings, and inference writes K x R personalized masks, K calibrated maps,
+K x S samples and K agreement maps.
 """
 
 from __future__ import annotations
@@ -92,3 +95,41 @@ def test_inference_writes_personalized_calibrated_samples_and_agreement(trained,
     for prob in (calibrated, agreement):
         assert prob.size == 64 * 64 and 0.0 <= prob.min() and prob.max() <= 1.0
     assert len(set(calibrated.ravel().tolist())) > 2  # a probability map, not a mask
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(NAMES))
+def test_two_structures_train_evaluate_and_infer_per_structure(name, tmp_path):
+    import nibabel as nib
+
+    from multirater_monai.data import prepare_synthetic
+
+    label, kind = NAMES[name]
+    configs = _configs(name)
+    data = tmp_path / "data"
+    prepare_synthetic(data, num_samples=40, num_raters=4, seed=5, size=32, num_structures=2)
+    root = tmp_path / "bundle"
+    two = [*SYNTHETIC, *TINY[name], "--num_structures", "2", "--dataset_dir", str(data), "--bundle_root", str(root)]
+    bundle_ok(["run", "training", "--config_file", str(configs / "train.json"), *two, "--epochs", "2",
+               "--val_interval", "2", "--batch_size", "8"])
+    bundle_ok(["run", "--config_file", f"['{configs / 'train.json'}','{configs / 'evaluate.json'}']", *two])
+    rows = json.loads((root / "eval" / "metrics.json").read_text())["rows"]
+    assert [r["setting"] for r in rows] == [f"{label} (personalized)", f"{label} ({kind} mean)"]
+    personalized, mean = rows
+    for structure in ("lesion", "core"):  # the datalist's structure names
+        assert {f"{structure}_mean_voting", f"{structure}_average", f"{structure}_ged"} <= set(personalized)
+        # the consensus mean is given to every rater of its structure: no spread among the "raters"
+        assert mean[f"{structure}_d_pp"] == 0.0
+    images = tmp_path / "images"
+    images.mkdir()
+    src = sorted((data / "images").glob("*.nii.gz"))[0]
+    (images / src.name).write_bytes(src.read_bytes())
+    out_dir = tmp_path / "pred"
+    bundle_ok(["run", "--config_file", str(configs / "inference.json"), "--bundle_root", str(root), "--input_dir",
+               str(images), "--output_dir", str(out_dir), "--intensity_range", "[0,1]", "--num_structures", "2",
+               *TINY[name]])
+    stem = src.name[: -len(".nii.gz")]
+    sizes = {key: nib.load(out_dir / f"{stem}_{key}.nii.gz").get_fdata().size
+             for key in ("personalized", "calibrated", "samples", "agreement")}
+    assert sizes == {"personalized": 32 * 32 * 8, "calibrated": 32 * 32 * 2, "samples": 32 * 32 * 12,
+                     "agreement": 32 * 32 * 2}

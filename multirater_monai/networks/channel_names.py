@@ -24,7 +24,8 @@ def output_channel_names(network, rater_names: Sequence[str]) -> list[tuple[str,
     """``[(name, description), ...]``, one per channel of ``network``'s output in its current mode, in order.
 
     Names: the rater names for ``personalized`` (``s<k>_`` prefixed with several structures, structure-major),
-    ``sample_<i>`` for ``samples``, ``agreement_<j>`` for AVAP's agreement classes, ``consensus`` otherwise.
+    ``sample_<i>`` for ``samples`` (``s<k>_sample_<i>`` with several structures), ``agreement_<j>`` for AVAP's
+    agreement classes, ``consensus`` otherwise.
     """
     raters = list(rater_names)
     k = int(network.num_structures)
@@ -38,9 +39,11 @@ def output_channel_names(network, rater_names: Sequence[str]) -> list[tuple[str,
         if group == "personalized":
             names = output_names(raters, k)
             out += [(n, f"{n}: logit of rater {n}'s personalized mask") for n in names]
-        elif group == "samples":
-            out += [(f"sample_{i + 1}", f"sample_{i + 1}: logit of plausible segmentation {i + 1} of {count}")
-                    for i in range(count)]
+        elif group == "samples":  # K * S with K structures: structure k's S draws together (structure-major)
+            groups = k if count % k == 0 else 1
+            per = count // groups
+            names = _per_structure([f"sample_{i + 1}" for i in range(per)], groups)
+            out += [(n, f"{n}: logit of plausible segmentation {n.rsplit('_', 1)[1]} of {per}") for n in names]
         elif group == "agreement_logits":
             names = _per_structure([f"agreement_{j}" for j in range(network.num_raters + 1)], k)
             out += [(n, f"{n}: logit of the agreement class '{n.rsplit('_', 1)[1]} of {network.num_raters} raters "

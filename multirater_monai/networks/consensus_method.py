@@ -1,4 +1,4 @@
-"""The output groups of methods with one consensus Gaussian and one per rater (TAB, PADL)."""
+"""The output groups of methods with one consensus Gaussian and one per rater (TAB, PADL), per structure."""
 
 from __future__ import annotations
 
@@ -10,30 +10,35 @@ __all__ = ["ConsensusRaterMethod"]
 
 
 class ConsensusRaterMethod(MultiRaterMethod):
-    """A :class:`MultiRaterMethod` whose ``output_mode`` names any of ``personalized`` (R rater means),
-    ``consensus`` (one map) and ``samples`` (the subclass's ``num_samples`` draws of the consensus), in that order.
+    """A :class:`MultiRaterMethod` whose ``output_mode`` names any of ``personalized`` (K * R rater means),
+    ``consensus`` (K maps) and ``samples`` (K * S: the subclass's ``num_samples`` draws of each structure's
+    consensus), in that order; every group structure-major (the rater stack's layout, DESIGN.md), as
+    MR-Net's.
 
-    ``split_outputs`` also gives ``calibrated``: the consensus map, or the mean of the rater outputs when
-    the consensus was not asked for; a consensus-only run gives every rater the consensus (a rater-blind
-    row, as FusionUNet's), so the per-rater tables can score it."""
+    ``split_outputs`` also gives ``calibrated``: the consensus maps, or per structure the mean of its R rater
+    outputs when the consensus was not asked for; a consensus-only run gives every rater its structure's
+    consensus (a rater-blind row, as FusionUNet's), so the per-rater tables can score it."""
 
     def output_groups(self) -> dict[str, int]:
+        k = self.num_structures
         groups: dict[str, int] = {}
         if "personalized" in self.output_mode:
-            groups["personalized"] = self.num_raters
+            groups["personalized"] = k * self.num_raters
         if "consensus" in self.output_mode:
-            groups["consensus"] = 1
+            groups["consensus"] = k
         if "samples" in self.output_mode:
-            groups["samples"] = self.num_samples
+            groups["samples"] = k * self.num_samples
         return groups
 
     @torch.jit.unused
     def split_outputs(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
         out = super().split_outputs(logits)
+        k, r = self.num_structures, self.num_raters
         if "consensus" in out:
             out["calibrated"] = out["consensus"]
-            if "personalized" not in out:
-                out["personalized"] = out["consensus"].expand(self.num_raters, *out["consensus"].shape[1:])
+            if "personalized" not in out:  # (K, *sp) -> (K * R, *sp): structure k's map for each of its raters
+                out["personalized"] = out["consensus"].repeat_interleave(r, dim=0)
         elif "personalized" in out:
-            out["calibrated"] = out["personalized"].mean(0, keepdim=True)
+            per_rater = out["personalized"]
+            out["calibrated"] = per_rater.reshape(k, r, *per_rater.shape[1:]).mean(1)
         return out

@@ -7,6 +7,13 @@ covariance (the stochastic-segmentation idea: pixels vary together), sampled wit
 reparameterisation trick. The rater queries model each annotator's bias, the consensus query what
 the raters share.
 
+Several structures (K, e.g. lesion + core; the rater stack ``(B, K * R, H, W)`` structure-major, DESIGN.md):
+each structure has its own consensus query and its own R rater queries, K * (R + 1) queries in all, in
+blocks of R + 1 (block k: structure k's consensus, then its raters). The queries of all structures attend
+to each other in the decoder (the structures' masks are related: a core lies inside its lesion) and share
+the mask-embedding layer; each query still has its own Gaussian. With K = 1 the network, its parameters
+and its outputs are those of the one-structure TAB (the shipped weights load unchanged).
+
 Here:
 
 * the CNN is the shared :class:`~multirater_monai.networks.blocks.UNetFeatureBackbone` (per-pixel
@@ -32,13 +39,19 @@ Loss (:meth:`TAB.training_objective`; terms ``loss, consensus, rater``)::
   present rater's mask, mean over the present (image, rater) pairs;
 * ``rater``: the cross entropy of rater r's sample against rater r's mask, mean over the present pairs
   (an absent rater, ``rater_mask`` False, takes no part in either term);
-* ``num_mc_samples`` reparameterised draws per query (1 by default), averaged.
+* ``num_mc_samples`` reparameterised draws per query (1 by default), averaged;
+* with K structures both terms are computed per structure (structure k's queries against structure k's
+  present raters; ``rater_mask`` ``(B, R)`` or ``(B, K * R)``) and SUMMED over the structures: each
+  structure's term is exactly a one-structure TAB's, so a structure's gradient does not shrink as K grows
+  (Adam's steps do not depend on the loss's overall scale, so the sum does not call for another learning
+  rate); a structure no rater annotated in the batch adds 0.
 
 Inference ``forward(image)``, by ``output_mode``:
 
-* ``"personalized"`` (default; training and validation): the R rater queries' means ``mu_r``;
-* ``"samples"``: S draws from the consensus query's Gaussian;
-* ``"consensus"``: the consensus mean ``mu_0`` (one channel);
+* ``"personalized"`` (default; training and validation): the R rater queries' means ``mu_r`` (K * R);
+* ``"samples"``: S draws from the consensus query's Gaussian (K * S, structure-major: structure k's S draws
+  together; draw s of every structure uses the same noise ``s``);
+* ``"consensus"``: the consensus mean ``mu_0`` (one channel per structure);
 * ``"personalized+consensus+samples"`` (inference): all three, in that order, one backbone pass.
 
 :meth:`split_outputs` adds ``calibrated``: the consensus mean's probability where the mode has it, else
@@ -60,8 +73,9 @@ from ...utils.errors import MultiRaterDataError
 from ..blocks.backbone import BackboneConfig
 from ..blocks.logit_gaussian import logit_scale, sample_logit_gaussian, tiled_pixel_noise
 from ..blocks.sampling import KEEP, fixed_noise
+from ..consensus_loss import structure_terms
 from ..consensus_method import ConsensusRaterMethod
-from ..rater_batch import check_multirater_batch
+from ..rater_batch import check_structured_batch
 
 __all__ = ["TAB", "TAB_OUTPUT_MODES"]
 
@@ -81,6 +95,7 @@ class TAB(ConsensusRaterMethod):
         backbone: feature network ``image -> (B, feature_channels, H, W)``.
         feature_channels: F.
         num_raters: R.
+        num_structures: K; each structure has its own consensus and rater queries.
         embed_dim: width of the queries, the memory tokens and the mask embeddings.
         num_heads, num_layers: the transformer decoder's.
         token_grid: the memory is the feature map pooled to ``token_grid x token_grid`` tokens.
@@ -111,8 +126,9 @@ class TAB(ConsensusRaterMethod):
         output_mode: str = "personalized",
         sample_seed: int | None = 0,
         noise_tile: int = 128,
+        num_structures: int = 1,
     ) -> None:
-        super().__init__(num_raters)
+        super().__init__(num_raters, num_structures)
         rank = self.num_raters + 1 if rank is None else int(rank)
         if rank < 1 or int(num_mc_samples) < 1 or int(token_grid) < 1 or int(noise_tile) < 1:
             raise ValueError("rank, num_mc_samples, token_grid and noise_tile must be >= 1.")
@@ -123,7 +139,8 @@ class TAB(ConsensusRaterMethod):
         self.backbone = backbone
         self.embed_dim, self.rank, self.token_grid = int(embed_dim), rank, int(token_grid)
         self.rater_weight, self.num_mc_samples = float(rater_weight), int(num_mc_samples)
-        self.num_queries = self.num_raters + 1  # query 0: consensus; query 1 + r: rater r
+        # per structure k a block of R + 1 queries: k (R + 1) its consensus, k (R + 1) + 1 + r its rater r
+        self.num_queries = self.num_structures * (self.num_raters + 1)
         conv = Conv[Conv.CONV, 2]
         self.memory_projection = conv(feature_channels, self.embed_dim, kernel_size=1)
         self.memory_position = nn.Parameter(0.02 * torch.randn(self.token_grid * self.token_grid, self.embed_dim))
@@ -142,12 +159,13 @@ class TAB(ConsensusRaterMethod):
         self.set_output_mode(output_mode)
 
     @classmethod
-    def build(cls, num_raters: int = 4, backbone: BackboneConfig | None = None, **kwargs: Any) -> TAB:
+    def build(cls, num_raters: int = 4, backbone: BackboneConfig | None = None, num_structures: int = 1,
+              **kwargs: Any) -> TAB:
         """The whole network from plain arguments; ``kwargs`` go to the constructor."""
         config = backbone or BackboneConfig()
         if config.spatial_dims != 2:
             raise ValueError("TAB is 2D (the bundles run volumes slice by slice); set backbone spatial_dims to 2.")
-        return cls(config.build(), config.feature_channels, num_raters, **kwargs)
+        return cls(config.build(), config.feature_channels, num_raters, num_structures=num_structures, **kwargs)
 
     # ------------------------------------------------------------------ settings
     @property
@@ -166,7 +184,8 @@ class TAB(ConsensusRaterMethod):
 
     # ------------------------------------------------------------------ the model
     def query_gaussians(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per query its logit Gaussian: mean ``(B, Q, H, W)``, sigma ``(B, Q, H, W)``, factors ``(B, Q, rank, H, W)``."""
+        """Per query its logit Gaussian: mean ``(B, Q, H, W)``, sigma ``(B, Q, H, W)``, factors ``(B, Q, rank, H, W)``;
+        ``Q = K (R + 1)``, in blocks of R + 1 per structure (consensus first)."""
         b = features.shape[0]
         tokens = F.adaptive_avg_pool2d(self.memory_projection(features), self.token_grid)
         memory = tokens.flatten(2).transpose(1, 2) + self.memory_position  # (B, G*G, E)
@@ -178,34 +197,38 @@ class TAB(ConsensusRaterMethod):
         return maps[:, :, 0], logit_scale(maps[:, :, 1]), maps[:, :, 2:]
 
     def _consensus_samples(self, mean: torch.Tensor, sigma: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-        """``(B, S, H, W)`` draws of the consensus query (index 0) with the fixed (or fresh) noise."""
-        h, w = mean.shape[-2], mean.shape[-1]
+        """``(B, K * S, H, W)`` draws of each structure's consensus query with the fixed (or fresh) noise;
+        ``mean``, ``sigma`` ``(B, K, R + 1, H, W)``, ``factors`` ``(B, K, R + 1, rank, H, W)``."""
+        b, k, h, w = mean.shape[0], mean.shape[1], mean.shape[-2], mean.shape[-1]
         factor_noise = self.factor_noise
         pixel_noise = tiled_pixel_noise(self.pixel_noise, h, w)
         if self.random_sampling:
             factor_noise = torch.randn_like(factor_noise)
             pixel_noise = torch.randn_like(pixel_noise)
-        return sample_logit_gaussian(mean[:, :1], sigma[:, :1], pixel_noise.unsqueeze(0),
-                                     factors[:, :1], factor_noise.unsqueeze(0))
+        # (B, K, 1, H, W) against (S, H, W) noise: (B, K, S, H, W)
+        samples = sample_logit_gaussian(mean[:, :, :1], sigma[:, :, :1], pixel_noise, factors[:, :, :1], factor_noise)
+        return samples.reshape(b, k * samples.shape[2], h, w)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         mean, sigma, factors = self.query_gaussians(self.backbone(image))
+        b, k, q, h, w = mean.shape[0], self.num_structures, self.num_raters + 1, mean.shape[-2], mean.shape[-1]
+        mean, sigma = mean.reshape(b, k, q, h, w), sigma.reshape(b, k, q, h, w)
         parts: list[torch.Tensor] = []
         if "personalized" in self.output_mode:
-            parts.append(mean[:, 1:])
+            parts.append(mean[:, :, 1:].reshape(b, k * self.num_raters, h, w))
         if "consensus" in self.output_mode:
-            parts.append(mean[:, :1])
+            parts.append(mean[:, :, 0])
         if "samples" in self.output_mode:
-            parts.append(self._consensus_samples(mean, sigma, factors))
+            parts.append(self._consensus_samples(mean, sigma, factors.reshape(b, k, q, self.rank, h, w)))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     # ------------------------------------------------------------------ training
     def training_objective(
         self, image: torch.Tensor, label: torch.Tensor, rater_mask: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
-        """``{"loss", "consensus", "rater"}``: image ``(B, C, H, W)``, rater stack ``(B, R, H, W)``, rater mask
-        ``(B, R)`` bool (None: all present)."""
-        label, rater_mask = check_multirater_batch(image, label, rater_mask, self.num_raters)
+        """``{"loss", "consensus", "rater"}``: image ``(B, C, H, W)``, rater stack ``(B, K * R, H, W)``
+        (structure-major), rater mask ``(B, R)`` or ``(B, K * R)`` bool (None: all present)."""
+        label, rater_mask = check_structured_batch(image, label, rater_mask, self.num_raters, self.num_structures)
         if not bool(rater_mask.any()):
             raise MultiRaterDataError(
                 "no rater annotated any sample of the batch (rater_mask all False); drop such samples from the datalist."
@@ -217,12 +240,5 @@ class TAB(ConsensusRaterMethod):
         # (B, M, Q, H, W): reparameterised, the gradient reaches mean, sigma and factors
         samples = sample_logit_gaussian(mean.unsqueeze(1), sigma.unsqueeze(1), pixel_noise, factors.unsqueeze(1),
                                         factor_noise)
-        weights = rater_mask.to(mean.dtype)  # (B, R)
-        # consensus sample vs every rater: (B, M, R) cross entropies
-        consensus_logits = samples[:, :, :1].expand(-1, -1, self.num_raters, -1, -1)
-        target = label.unsqueeze(1).expand(-1, m, -1, -1, -1)
-        consensus_ce = F.binary_cross_entropy_with_logits(consensus_logits, target, reduction="none").mean((-1, -2))
-        rater_ce = F.binary_cross_entropy_with_logits(samples[:, :, 1:], target, reduction="none").mean((-1, -2))
-        consensus = (consensus_ce.mean(1) * weights).sum() / weights.sum()
-        rater = (rater_ce.mean(1) * weights).sum() / weights.sum()
+        consensus, rater = structure_terms(samples, label, rater_mask, self.num_structures)
         return {"loss": consensus + self.rater_weight * rater, "consensus": consensus, "rater": rater}
