@@ -32,13 +32,4 @@ class ConsensusRaterMethod(MultiRaterMethod):
 
     @torch.jit.unused
     def split_outputs(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = super().split_outputs(logits)
-        k, r = self.num_structures, self.num_raters
-        if "consensus" in out:
-            out["calibrated"] = out["consensus"]
-            if "personalized" not in out:  # (K, *sp) -> (K * R, *sp): structure k's map for each of its raters
-                out["personalized"] = out["consensus"].repeat_interleave(r, dim=0)
-        elif "personalized" in out:
-            per_rater = out["personalized"]
-            out["calibrated"] = per_rater.reshape(k, r, *per_rater.shape[1:]).mean(1)
-        return out
+        return self.add_rater_views(super().split_outputs(logits))

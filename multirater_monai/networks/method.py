@@ -94,6 +94,25 @@ class MultiRaterMethod(nn.Module, ABC):
         parts = torch.split(logits, list(groups.values()), dim=0)
         return {name: torch.sigmoid(part) for name, part in zip(groups, parts)}
 
+    @torch.jit.unused
+    def add_rater_views(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Complete ``out`` (from :meth:`split_outputs`) with ``calibrated`` and, for a rater-blind run,
+        ``personalized``, so every per-rater and calibrated table can score any output mode.
+
+        ``calibrated``: the ``consensus`` maps ``(K, *sp)`` where they were asked for, else per structure the
+        mean of its R rater maps. A run without rater outputs gives every rater its structure's consensus
+        (``(K * R, *sp)``, structure-major as the rater stack, DESIGN.md): a rater-blind row.
+        """
+        k, r = self.num_structures, self.num_raters
+        if "consensus" in out:
+            out["calibrated"] = out["consensus"]
+            if "personalized" not in out:
+                out["personalized"] = out["consensus"].repeat_interleave(r, dim=0)
+        elif "personalized" in out:
+            per_rater = out["personalized"]
+            out["calibrated"] = per_rater.reshape(k, r, *per_rater.shape[1:]).mean(1)
+        return out
+
     @property
     def num_samples(self) -> int:
         """S of the ``samples`` group (0 for methods that draw no samples)."""

@@ -189,16 +189,7 @@ class ConfusionMatrixNet(MultiRaterMethod):
 
     @torch.jit.unused
     def split_outputs(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = super().split_outputs(logits)
-        k, r = self.num_structures, self.num_raters
-        if "consensus" in out:
-            out["calibrated"] = out["consensus"]
-            if "personalized" not in out:  # the true label for every rater: a rater-blind row
-                out["personalized"] = out["consensus"].repeat_interleave(r, dim=0)
-        else:
-            per_rater = out["personalized"]
-            out["calibrated"] = per_rater.reshape(k, r, *per_rater.shape[1:]).mean(1)
-        return out
+        return self.add_rater_views(super().split_outputs(logits))  # p is the consensus; true_label is rater-blind
 
     # ------------------------------------------------------------------ the model
     def true_log_probabilities(self, features: torch.Tensor) -> torch.Tensor:

@@ -56,11 +56,7 @@ class FusionUNet(MultiRaterMethod):
 
     @torch.jit.unused
     def split_outputs(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = super().split_outputs(logits)
-        consensus = out["consensus"]
-        out["calibrated"] = consensus
-        out["personalized"] = consensus.repeat_interleave(self.num_raters, dim=0)  # structure-major K * R
-        return out
+        return self.add_rater_views(super().split_outputs(logits))  # rater-blind: each rater gets the consensus
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.backbone(image)

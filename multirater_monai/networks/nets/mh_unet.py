@@ -76,11 +76,7 @@ class MultiHeadUNet(MultiRaterMethod):
 
     @torch.jit.unused
     def split_outputs(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = super().split_outputs(logits)
-        per_rater = out["personalized"]
-        k, r = self.num_structures, self.num_raters
-        out["calibrated"] = per_rater.reshape(k, r, *per_rater.shape[1:]).mean(1)
-        return out
+        return self.add_rater_views(super().split_outputs(logits))  # calibrated: the mean of the rater heads
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.heads(self.backbone(image))
