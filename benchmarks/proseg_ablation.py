@@ -31,6 +31,9 @@ the mean of q(z | x) (the bundle's personalized output) and the mean probability
 * ``narrow-z+tau-distinct``: q(tau | r) starts at Dir(1, ..., 10, ..., 1) with the 10 at entry r: each
   rater's draws of tau lie near their own corner of the simplex, so the classifier and the predictor can
   tell the raters apart from the first step (candidate (c) with distinct, not random, concentrations);
+* ``narrow-z+recon-std``: p(x | z_i) reconstructs the image standardized per image (zero mean, unit
+  variance, the paper's NPC preprocessing, App. C.1.1; ``recon_target``) instead of the [0, 1] window, whose
+  variance (about 0.05 on QUBIQ) makes the image term 20 times lighter against the KL of Z;
 * ``rater-blind``: no tau and no Z (``use_tau=False, use_z=False``): the same network as a plain
   BCE segmenter, every rater's mask a target.
 
@@ -68,6 +71,7 @@ VARIANTS = {
     "narrow-z+kl-warmup": dict(kl_z_warmup_steps=100),
     "narrow-z+tau-distinct": dict(tau_distinct=10.0),
     "narrow-z+rater-encoders": dict(rater_encoders=True),
+    "narrow-z+recon-std": dict(recon_target="standardized"),
     "rater-blind": dict(use_tau=False, use_z=False),
 }
 

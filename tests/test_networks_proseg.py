@@ -158,6 +158,22 @@ def test_q_z_starts_narrow_unless_told_otherwise():
         _net(initial_z_sigma=0.0)
 
 
+def test_recon_target_standardized_scores_the_decoder_against_the_standardized_image():
+    """With the decoder's output at 0, the image term is the mean square of its target: of the image as given,
+    or (``recon_target="standardized"``) of the image at zero mean and unit (sample) variance per image,
+    (N - 1) / N for N pixels, whatever the image's scale."""
+    image = 3.0 + 0.1 * torch.randn(2, 1, 8, 8)  # variance 0.01, far from the standardized 1
+    label = (torch.rand(2, 3, 8, 8) > 0.5).float()
+    for target, expected in (("image", image.pow(2).mean()), ("standardized", torch.tensor(63 / 64))):
+        net = _net(recon_target=target)
+        with torch.no_grad():
+            net.image_decoder[-1].weight.zero_()
+            net.image_decoder[-1].bias.zero_()
+        assert torch.allclose(net.training_objective(image, label)["recon"], expected, atol=1e-5), target
+    with pytest.raises(ValueError, match="recon_target must be 'image' or 'standardized', got 'z-score'"):
+        _net(recon_target="z-score")
+
+
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_inference_in_chunks_gives_the_logits_of_one_batched_call(spatial_dims):
     """forward runs the predictor in channels-last chunks (the 50-sample speed-up); the samples and

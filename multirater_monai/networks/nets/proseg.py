@@ -119,6 +119,13 @@ class ProSeg(MultiRaterMethod):
             over this many training steps (0: the full weight from the start, as eq. 9). At full weight
             from step 0, z carries little of the image (its KL is paid per pixel) and the predictor
             can sit on the all-background answer for hundreds of steps.
+        recon_target: what ``p(x | z_i)`` reconstructs: ``"image"`` (the network's input as given) or
+            ``"standardized"`` (each image at zero mean and unit variance per channel, the paper's NPC
+            preprocessing, App. C.1.1). The MSE of eq. 8 is a Gaussian log-likelihood up to a constant, so its
+            weight against the KL of Z scales with the image's variance: an MR image windowed to [0, 1]
+            (QUBIQ, variance about 0.05) makes the image term 20 times weaker than the paper's standardized
+            one, and z (the predictor's only view of the image) keeps less of it. The input of q(z | x) is
+            unchanged either way.
         use_tau, use_z: ablation switches.
         output_mode: see the module docstring.
         sample_seed: seed of the fixed inference noise, or None for fresh noise at every call.
@@ -149,6 +156,7 @@ class ProSeg(MultiRaterMethod):
         initial_z_sigma: float | None = 0.05,
         initial_tau_peak: float | None = 10.0,
         rater_encoders: bool = False,
+        recon_target: str = "image",
         use_tau: bool = True,
         use_z: bool = True,
         output_mode: str = "personalized",
@@ -186,6 +194,9 @@ class ProSeg(MultiRaterMethod):
             conv(hidden, 1, kernel_size=1),
         )
         self.prior_concentration = float(prior_concentration)
+        if recon_target not in ("image", "standardized"):
+            raise ValueError(f"recon_target must be 'image' or 'standardized', got {recon_target!r}.")
+        self.recon_target = recon_target
         self.weights = {"recon": float(recon_weight), "classification": float(class_weight),
                         "seg": float(seg_weight), "kl_z": float(kl_z_weight), "kl_tau": float(kl_tau_weight)}
         self.use_tau, self.use_z = bool(use_tau), bool(use_z)
@@ -429,6 +440,14 @@ class ProSeg(MultiRaterMethod):
         return self.classifier(tau).argmax(-1)
 
     # ------------------------------------------------------------------ training
+    def _recon_target(self, image: torch.Tensor) -> torch.Tensor:
+        """The image p(x | z_i) reconstructs: as given, or standardized per image and channel (``recon_target``)."""
+        if self.recon_target == "image":
+            return image
+        axes = tuple(range(2, image.ndim))
+        mean, std = image.mean(axes, keepdim=True), image.std(axes, keepdim=True)
+        return (image - mean) / std.clamp(min=1e-6)  # a constant image reconstructs as zeros
+
     def training_objective(
         self, image: torch.Tensor, label: torch.Tensor, rater_mask: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
@@ -452,7 +471,7 @@ class ProSeg(MultiRaterMethod):
             kl_each = kl_divergence(posterior_z, Normal(torch.zeros_like(mu), torch.ones_like(mu))).flatten(2).mean(-1)
             kl_z = (kl_each * present).sum() / n_present
             decoded = self.image_decoder(z.flatten(0, 1)).view(b, r, self.in_channels, *image.shape[2:])
-            recon_each = (decoded - image.unsqueeze(1)).pow(2).flatten(2).mean(-1)  # (B, R)
+            recon_each = (decoded - self._recon_target(image).unsqueeze(1)).pow(2).flatten(2).mean(-1)  # (B, R)
             recon = (recon_each * present).sum() / n_present
         else:
             z, kl_z, recon = self._per_output(mu, raters), zero, zero
