@@ -407,6 +407,8 @@ def main() -> None:
     parser.add_argument("--bundle-args", default="",
                         help="extra overrides for every row trained in this call, one string, e.g. "
                         "\"--learning_rate 0.003\" (use another --out: reused rows keep their own settings)")
+    parser.add_argument("--reuse-only", action="store_true",
+                        help="train nothing: tabulate the rows (method, seed) already evaluated in --out and skip the rest")
     parser.add_argument("--qubiq-root", default=str(REPO.parent / "shared" / "data" / "qubiq_brain_growth"))
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -426,7 +428,6 @@ def main() -> None:
         budget = ["--epochs", str(epochs), "--stage2_epochs", str(args.stage2_epochs), "--val_interval", str(args.val_interval)]
         for seed in args.seeds:
             root = out / label.replace(" ", "_").replace("(", "").replace(")", "") / f"seed{seed}"
-            root.mkdir(parents=True, exist_ok=True)
             log = root / "log.txt"
             if (root / "eval" / "metrics.json").is_file():
                 print(f"[compare] {label}, seed {seed}: evaluated before in {root}; reusing it", flush=True)
@@ -434,6 +435,10 @@ def main() -> None:
                 if (root / "train_seconds.txt").is_file():
                     timings.append((label, float((root / "train_seconds.txt").read_text())))
                 continue
+            if args.reuse_only:
+                print(f"[compare] {label}, seed {seed}: not evaluated in {root}; skipped (--reuse-only)", flush=True)
+                continue
+            root.mkdir(parents=True, exist_ok=True)
             print(f"[compare] {label}, seed {seed}: training ({name}) -> {root}", flush=True)
             common = ["--bundle_root", str(root), *data, *budget, "--seed", str(seed), *extra,
                       *shlex.split(args.bundle_args)]
